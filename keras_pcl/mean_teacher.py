@@ -1,0 +1,66 @@
+"""The temporal-mean (EMA) update of the peer mean teachers (spec section 4).
+
+Written by hand: `keras.optimizers.Optimizer(use_ema=True)` keeps one EMA of
+the variables it trains, but with a different warm-up, updated after the
+optimizer step, and with no way to run a second network on the averaged
+weights inside the same step. PCL needs the averaged weights as a separate,
+runnable network, updated inside the compiled training step (a per-batch
+callback would be skipped with `steps_per_execution > 1` and would force a
+device-to-host sync every step on JAX).
+"""
+
+import keras
+from keras import ops
+
+
+def ema_decay_at(step, ema_decay):
+    """Decay `alpha_k = min(1 - 1/(k + 1), alpha)` used at training step `k`.
+
+    Args:
+        step: number of optimizer updates done so far, `k` (number or scalar
+            tensor).
+        ema_decay: float in `[0, 1)`, the final decay `alpha`.
+
+    Returns:
+        A scalar float32 tensor.
+
+    Example:
+
+    >>> [round(float(ema_decay_at(k, 0.999)), 3) for k in (0, 1, 3, 10**6)]
+    [0.0, 0.5, 0.75, 0.999]
+    """
+    step = ops.cast(step, "float32")
+    return ops.minimum(1.0 - 1.0 / (step + 1.0), ema_decay)
+
+
+def update_mean_teacher(student_variables, teacher_variables, step, ema_decay):
+    """`theta' <- alpha_k * theta' + (1 - alpha_k) * theta` for each pair.
+
+    Args:
+        student_variables: list of the student's variables `theta`.
+        teacher_variables: list of the mean teacher's variables `theta'`,
+            in the same order and with the same shapes.
+        step: `k`, the number of optimizer updates done so far.
+        ema_decay: float in `[0, 1)`.
+    """
+    alpha = ema_decay_at(step, ema_decay)
+    for student, teacher in zip(student_variables, teacher_variables):
+        value = ops.stop_gradient(ops.cast(student, teacher.dtype))
+        a = ops.cast(alpha, teacher.dtype)
+        teacher.assign(a * teacher + (1.0 - a) * value)
+
+
+def freeze_variable(variable):
+    """Marks a variable as not trained by the optimizer, on every backend.
+
+    The layers that own it stay `trainable`, so batch normalisation in a mean
+    teacher still normalises with batch statistics during training, as spec
+    section 4 requires (a `trainable=False` BatchNormalization layer runs in
+    inference mode).
+    """
+    variable.trainable = False
+    if keras.backend.backend() == "torch":
+        # Keras' torch Variable fixes `requires_grad` when it is created and
+        # its `trainable` setter leaves it alone; without this, autograd
+        # would record every mean-teacher forward pass.
+        variable.value.requires_grad_(False)
