@@ -315,7 +315,7 @@ class PeerCollaborativeModel(keras.Model):
     # ------------------------------------------------------------------
 
     def call(self, inputs, training=False):
-        views = self._views(inputs, training)
+        views = self.peer_views(inputs, training)
         if training:
             return self._training_forward(views)
         j = self._deploy_peer
@@ -364,7 +364,7 @@ class PeerCollaborativeModel(keras.Model):
 
     def _inference_outputs(self, inputs):
         """All branches in inference mode, for `evaluate`."""
-        views = self._views(inputs, training=False)
+        views = self.peer_views(inputs, training=False)
         student_trunk = _per_view(self.trunk, views)
         teacher_trunk = _per_view(self.mean_teacher_trunk, views)
         features = [
@@ -395,8 +395,23 @@ class PeerCollaborativeModel(keras.Model):
             ),
         }
 
-    def _views(self, inputs, training):
-        """Returns `num_peers` preprocessed views of the batch."""
+    def peer_views(self, inputs, training=True):
+        """The `num_peers` network inputs that the peers see for a batch.
+
+        This is the first thing a training step does: each view is an
+        independent draw of `augmentation` applied to the raw images, then
+        `preprocessing`. Useful to look at what the peers are trained on.
+
+        Args:
+            inputs: a batch of raw images `(batch, height, width, channels)`,
+                or a tuple of `num_peers` such batches (views augmented by the
+                input pipeline, which are only preprocessed).
+            training: whether to augment; outside training every peer gets
+                the same preprocessed images.
+
+        Returns:
+            A list of `num_peers` tensors.
+        """
         if isinstance(inputs, dict):
             raise ValueError(
                 "`x` must be a batch of images or a tuple of `num_peers` "

@@ -1,0 +1,307 @@
+"""Training throughput of one PCL step versus the same backbone trained alone.
+
+Measures images per second of `model.fit` for
+
+* PCL: `keras_pcl.PeerCollaborativeModel(CIFARResNet(depth), num_classes=10,
+  num_peers=m)`, and
+* the baseline: the same backbone trained alone (backbone + `Dense(10)`
+  head), with the same in-model augmentation
+  (`keras_pcl.augmentation.default_augmentation(32)`) and `Rescaling(1/255)`
+  preprocessing, sparse cross-entropy loss and an accuracy metric,
+
+both with `SGD(0.1, momentum=0.9, nesterov=True)` on 32x32x3 uint8 inputs, on
+the backend chosen by `KERAS_BACKEND`. Each model first runs one untimed
+`fit` call (tracing/compilation and warm-up), then `--repeats` timed `fit`
+calls of `--steps` steps each on an in-memory array; the reported figure is
+the median. `ratio` is PCL step time / baseline step time.
+
+Usage:
+
+    KERAS_BACKEND=jax python benchmarks/throughput.py \
+        --json benchmarks/results/throughput_jax.json
+    KERAS_BACKEND=tensorflow python benchmarks/throughput.py --jit_compile=true
+    KERAS_BACKEND=torch python benchmarks/throughput.py --threads=2
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("steps", 8, "Training steps per timed `fit` call.")
+flags.DEFINE_integer("repeats", 3, "Timed `fit` calls per model (median).")
+flags.DEFINE_integer(
+    "warmup_steps",
+    0,
+    "Steps of the untimed first `fit` call (compilation). 0: "
+    "`steps_per_execution`, at least 2.",
+)
+flags.DEFINE_integer("num_peers", 3, "PCL peers `m`.")
+flags.DEFINE_integer("depth", 32, "CIFAR ResNet depth (6n + 2).")
+flags.DEFINE_integer("num_classes", 10, "Number of classes.")
+flags.DEFINE_enum(
+    "jit_compile",
+    "auto",
+    ["auto", "true", "false"],
+    "`jit_compile` passed to `compile` (auto: TF on CPU -> False, "
+    "JAX -> True, torch -> False; true on torch means torch.compile).",
+)
+flags.DEFINE_integer("steps_per_execution", 1, "`steps_per_execution`.")
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "Compute threads. TF: intra-op threads; torch: torch.set_num_threads; "
+    "JAX: ignored (set XLA_FLAGS yourself). 0: backend default.",
+)
+flags.DEFINE_integer(
+    "inter_op_threads", 0, "TF inter-op threads (0: default)."
+)
+flags.DEFINE_list(
+    "models", ["pcl", "baseline"], "Which models to time: pcl, baseline."
+)
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+flags.DEFINE_string("label", None, "Free-form label stored in the JSON.")
+
+
+def _configure_threads(backend):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if FLAGS.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        if FLAGS.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(
+                FLAGS.inter_op_threads
+            )
+        return {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
+    if backend == "torch":
+        import torch
+
+        if FLAGS.threads:
+            torch.set_num_threads(FLAGS.threads)
+        if FLAGS.inter_op_threads:
+            torch.set_num_interop_threads(FLAGS.inter_op_threads)
+        return {
+            "intra_op": torch.get_num_threads(),
+            "inter_op": torch.get_num_interop_threads(),
+        }
+    return {"xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _backend_version(backend):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.__version__
+    if backend == "jax":
+        import jax
+
+        return jax.__version__
+    if backend == "torch":
+        import torch
+
+        return torch.__version__
+    return None
+
+
+def _jit_arg():
+    return {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
+
+
+def _optimizer(keras):
+    return keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+
+
+def build_pcl(keras, keras_pcl):
+    backbone = keras_pcl.backbones.CIFARResNet(depth=FLAGS.depth)
+    model = keras_pcl.PeerCollaborativeModel(
+        backbone, num_classes=FLAGS.num_classes, num_peers=FLAGS.num_peers
+    )
+    model.compile(
+        optimizer=_optimizer(keras),
+        jit_compile=_jit_arg(),
+        steps_per_execution=FLAGS.steps_per_execution,
+    )
+    return model
+
+
+def build_baseline(keras, keras_pcl):
+    """Backbone + Dense head, preprocessed exactly like one PCL peer."""
+    import numpy as np
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="keras_pcl_benchmarks")
+    class Baseline(keras.Model):
+        def __init__(self, backbone, num_classes, **kwargs):
+            super().__init__(**kwargs)
+            self.augmentation = keras_pcl.augmentation.default_augmentation(
+                32
+            )
+            self.preprocessing = keras.layers.Rescaling(1.0 / 255)
+            self.backbone = backbone
+            self.head = keras.layers.Dense(num_classes, dtype="float32")
+
+        def call(self, images, training=False):
+            x = ops.cast(images, "float32")  # as PeerCollaborativeModel
+            if training:
+                x = self.augmentation(x, training=True)
+            x = self.preprocessing(x)
+            return self.head(self.backbone(x, training=training))
+
+    image_shape = (32, 32, 3)
+    model = Baseline(
+        keras_pcl.backbones.CIFARResNet(depth=FLAGS.depth, input_shape=image_shape),
+        FLAGS.num_classes,
+    )
+    model(np.zeros((1,) + image_shape, dtype="uint8"))  # builds it
+    model.compile(
+        optimizer=_optimizer(keras),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=_jit_arg(),
+        steps_per_execution=FLAGS.steps_per_execution,
+    )
+    return model
+
+
+def time_model(model, x, y, steps, warmup_steps):
+    batch = FLAGS.batch_size
+    t0 = time.perf_counter()
+    model.fit(
+        x[: warmup_steps * batch],
+        y[: warmup_steps * batch],
+        batch_size=batch,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+    )
+    warmup = time.perf_counter() - t0
+    times = []
+    for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        model.fit(
+            x[: steps * batch],
+            y[: steps * batch],
+            batch_size=batch,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+        )
+        times.append(time.perf_counter() - t0)
+    step_time = statistics.median(times) / steps
+    return {
+        "warmup_seconds": warmup,
+        "run_seconds": times,
+        "step_seconds": step_time,
+        "images_per_sec": batch / step_time,
+        "resolved_jit_compile": bool(getattr(model, "jit_compile", False)),
+    }
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    import keras
+
+    import keras_pcl
+
+    backend = keras.backend.backend()
+    threads = _configure_threads(backend)
+    keras.utils.set_random_seed(FLAGS.seed)
+
+    spe = FLAGS.steps_per_execution
+    steps = max(FLAGS.steps, spe)
+    steps = -(-steps // spe) * spe  # a multiple of steps_per_execution
+    warmup_steps = FLAGS.warmup_steps or max(2, spe)
+    warmup_steps = -(-warmup_steps // spe) * spe
+    n = max(steps, warmup_steps) * FLAGS.batch_size
+    rng = np.random.default_rng(FLAGS.seed)
+    x = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, FLAGS.num_classes, size=(n,), dtype=np.int32)
+
+    builders = {"pcl": build_pcl, "baseline": build_baseline}
+    results = {}
+    for name in FLAGS.models:
+        model = builders[name](keras, keras_pcl)
+        results[name] = time_model(model, x, y, steps, warmup_steps)
+        print(
+            f"[{backend}] {name}: {results[name]['images_per_sec']:.1f} img/s "
+            f"(runs {['%.2f' % t for t in results[name]['run_seconds']]} s, "
+            f"warm-up {results[name]['warmup_seconds']:.1f} s)",
+            flush=True,
+        )
+        del model
+        keras.backend.clear_session()
+
+    out = {
+        "backend": backend,
+        "batch_size": FLAGS.batch_size,
+        "pcl_images_per_sec": results.get("pcl", {}).get("images_per_sec"),
+        "baseline_images_per_sec": results.get("baseline", {}).get(
+            "images_per_sec"
+        ),
+        "ratio": (
+            results["pcl"]["step_seconds"] / results["baseline"]["step_seconds"]
+            if "pcl" in results and "baseline" in results
+            else None
+        ),
+        "label": FLAGS.label,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "repeats": FLAGS.repeats,
+        "num_peers": FLAGS.num_peers,
+        "depth": FLAGS.depth,
+        "num_classes": FLAGS.num_classes,
+        "jit_compile": FLAGS.jit_compile,
+        "resolved_jit_compile": {
+            k: v["resolved_jit_compile"] for k, v in results.items()
+        },
+        "steps_per_execution": spe,
+        "threads": threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "keras_version": keras.__version__,
+        "backend_version": _backend_version(backend),
+        "python_version": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "details": results,
+    }
+
+    rows = [("model", "img/s", "step s")]
+    for name, r in results.items():
+        rows.append(
+            (name, f"{r['images_per_sec']:.1f}", f"{r['step_seconds']:.3f}")
+        )
+    print(
+        f"\nbackend={backend} jit_compile={FLAGS.jit_compile} "
+        f"(resolved {out['resolved_jit_compile']}) "
+        f"steps_per_execution={spe} threads={threads} "
+        f"batch={FLAGS.batch_size} cpus={os.cpu_count()}"
+    )
+    for row in rows:
+        print(f"{row[0]:<10}{row[1]:>10}{row[2]:>10}")
+    if out["ratio"] is not None:
+        print(f"ratio (PCL step time / baseline step time): {out['ratio']:.2f}")
+
+    if FLAGS.json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

@@ -1,0 +1,181 @@
+"""Mean teachers follow spec section 4 during a real `fit`."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pcl
+from keras_pcl import mean_teacher
+from tests.testing import colour_dataset
+from tests.testing import tiny_backbone
+from tests.testing import weights_of
+
+EMA_DECAY = 0.6  # small, so that the warm-up and the cap both occur
+STEPS = 8
+BATCH = 8
+
+
+def test_ema_decay_warm_up_and_cap():
+    got = [float(mean_teacher.ema_decay_at(k, 0.999)) for k in range(5)]
+    np.testing.assert_allclose(got, [0.0, 0.5, 2 / 3, 0.75, 0.8], rtol=1e-6)
+    assert float(mean_teacher.ema_decay_at(10**6, 0.999)) == pytest.approx(0.999)
+
+
+def test_update_mean_teacher_formula():
+    student = keras.Variable(np.array([1.0, 2.0], "float32"))
+    teacher = keras.Variable(np.array([3.0, -1.0], "float32"), trainable=False)
+    mean_teacher.update_mean_teacher([student], [teacher], step=3, ema_decay=0.9)
+    alpha = 0.75  # min(1 - 1/4, 0.9)
+    want = alpha * np.array([3.0, -1.0]) + (1 - alpha) * np.array([1.0, 2.0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(teacher), want, 1e-6)
+
+
+def make_model(seed=3):
+    keras.utils.set_random_seed(seed)
+    return keras_pcl.PeerCollaborativeModel(
+        tiny_backbone(),
+        num_classes=3,
+        split_at="split",
+        num_peers=2,
+        augmentation=None,
+        ema_decay=EMA_DECAY,
+        rampup_steps=4,
+    )
+
+
+def pairs(model):
+    """(student, mean teacher) sub-networks, in matching order."""
+    students = [model.trunk, *model.peer_heads, *model.peer_classifiers]
+    teachers = [
+        model.mean_teacher_trunk,
+        *model.mean_teacher_heads,
+        *model.mean_teacher_classifiers,
+    ]
+    return list(zip(students, teachers))
+
+
+def trainable_mask(model):
+    return [
+        [v.trainable for v in student.weights] for student, _ in pairs(model)
+    ]
+
+
+class RecordStudentWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.history = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.history.append(
+            [weights_of(student) for student, _ in pairs(self.model)]
+        )
+
+
+def expected_mean_teacher(history, decay):
+    """theta'_k = alpha_k theta'_{k-1} + (1 - alpha_k) theta_k, theta'_0 = theta_0."""
+    teacher = None
+    for k, theta in enumerate(history):
+        alpha = min(1.0 - 1.0 / (k + 1), decay)
+        if teacher is None:
+            teacher = [[w.astype("float64") for w in part] for part in theta]
+            continue
+        teacher = [
+            [alpha * t + (1 - alpha) * w for t, w in zip(tp, wp)]
+            for tp, wp in zip(teacher, theta)
+        ]
+    return teacher
+
+
+def assert_mean_teachers_equal(model, expected, mask):
+    for (_, teacher), want_part, mask_part in zip(pairs(model), expected, mask):
+        got_part = weights_of(teacher)
+        for got, want, trained in zip(got_part, want_part, mask_part):
+            if trained:  # moving statistics are the teacher's own
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    """A fit with steps_per_execution=1 that records theta_k at every step."""
+    x, y = colour_dataset(STEPS * BATCH)
+    model = make_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    initial = model.get_weights()
+    recorder = RecordStudentWeights()
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[recorder])
+    assert len(recorder.history) == STEPS
+    expected = expected_mean_teacher(recorder.history, EMA_DECAY)
+    return x, y, initial, expected, model
+
+
+def test_mean_teacher_trajectory_follows_spec(reference_run):
+    _, _, _, expected, model = reference_run
+    assert int(keras.ops.convert_to_numpy(model.step_counter)) == STEPS
+    assert_mean_teachers_equal(model, expected, trainable_mask(model))
+
+
+def _jit_options():
+    # Keras' torch trainer allows neither steps_per_execution > 1 nor, here,
+    # torch.compile; the test then reports as skipped on torch.
+    if keras.backend.backend() == "torch":
+        return []
+    return [
+        dict(steps_per_execution=4),
+        dict(jit_compile=True),
+        dict(jit_compile=True, steps_per_execution=4),
+    ]
+
+
+@pytest.mark.parametrize("options", _jit_options(), ids=str)
+def test_same_trajectory_when_compiled_differently(reference_run, options):
+    x, y, initial, expected, _ = reference_run
+    model = make_model()
+    model.set_weights(initial)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), **options)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.step_counter)) == STEPS
+    assert_mean_teachers_equal(model, expected, trainable_mask(model))
+
+
+def test_mean_teacher_batch_norm_keeps_its_own_statistics():
+    """Project choice: moving statistics come from the teacher's own passes.
+
+    At step 0 the teacher equals the student, so after one step (two peers,
+    no augmentation: the trunk sees the same batch twice) the trunk's BN
+    moving mean is (1 - 0.99**2) * batch mean of conv1's output, for the
+    student and for the mean teacher alike.
+    """
+    x, y = colour_dataset(BATCH)
+    model = make_model()
+    conv = model.trunk.get_layer("conv1")
+    kernel = keras.ops.convert_to_numpy(conv.kernel)
+    images = x.astype("float64") / 255.0
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros(images.shape[:3] + (kernel.shape[-1],))
+    for dy in range(3):
+        for dx in range(3):
+            patch = padded[:, dy : dy + 8, dx : dx + 8, :]
+            out += patch @ kernel[dy, dx]
+    batch_mean = out.mean(axis=(0, 1, 2))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    want = (1 - 0.99**2) * batch_mean
+    for trunk in (model.trunk, model.mean_teacher_trunk):
+        bn = trunk.get_layer("bn1")
+        got = keras.ops.convert_to_numpy(bn.moving_mean)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_mean_teachers_are_not_trained_but_normalise_with_batch_statistics():
+    model = make_model()
+    trainable = {id(v) for v in model.trainable_variables}
+    for _, teacher in pairs(model):
+        assert teacher.trainable  # layers stay trainable: BN uses batch stats
+        for v in teacher.weights:
+            assert id(v) not in trainable
+    model.trainable = True  # toggling the whole model keeps them frozen
+    trainable = {id(v) for v in model.trainable_variables}
+    assert not any(
+        id(v) in trainable for _, teacher in pairs(model) for v in teacher.weights
+    )
