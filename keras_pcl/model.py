@@ -543,6 +543,19 @@ class PeerCollaborativeModel(keras.Model):
             metric.update_state(labels, logits)
         return loss
 
+    def zero_grad(self, set_to_none=True):
+        """Clears the gradients of every trainable variable (torch backend).
+
+        Keras' torch trainer calls `zero_grad()` before each backward pass.
+        The inherited `torch.nn.Module.zero_grad` only reaches variables that
+        Keras registered with torch, keyed by `variable.path`; a backbone with
+        nested models that repeat layer names has repeated paths, and the
+        gradients of the unregistered variables would then accumulate over
+        steps. Clearing them directly is exact whatever the names.
+        """
+        for variable in self.trainable_variables:
+            variable.value.grad = None
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Metrics are updated in `compute_loss`, where all branches' outputs
         # are at hand in training and in evaluation.

@@ -132,33 +132,39 @@ def check_backbone(backbone):
 
 
 def fresh_clone(model, name):
-    """`keras.models.clone_model` that gives the clone a new initialisation.
+    """`keras.models.clone_model` with new weights and prefixed layer names.
 
     Seeded initializers draw the same values each time; their seeds are
     dropped so that every peer starts from its own random weights (spec
     section 6). Unseeded draws still follow `keras.utils.set_random_seed`.
 
+    Layers are renamed `{name}_{layer name}` so that every variable of the
+    PCL model has its own path: Keras' torch backend registers variables with
+    torch by path, and two variables with one path make `zero_grad` miss one
+    of them, whose gradients then pile up from step to step.
+
     Args:
         model: a functional model.
-        name: the name of the returned model.
+        name: the name of the returned model and the prefix of its layers.
     """
-    clone = keras.models.clone_model(model, clone_function=_unseeded_clone)
-    return keras.Model(clone.inputs, clone.outputs, name=name)
 
+    def clone_layer(layer):
+        config = layer.get_config()
+        config["name"] = f"{name}_{layer.name}"
+        for key, value in config.items():
+            if (
+                key.endswith("_initializer")
+                and isinstance(value, dict)
+                and isinstance(value.get("config"), dict)
+                and value["config"].get("seed") is not None
+            ):
+                value = copy.deepcopy(value)
+                value["config"]["seed"] = None
+                config[key] = value
+        return layer.__class__.from_config(config)
 
-def _unseeded_clone(layer):
-    config = layer.get_config()
-    for key, value in config.items():
-        if (
-            key.endswith("_initializer")
-            and isinstance(value, dict)
-            and isinstance(value.get("config"), dict)
-            and value["config"].get("seed") is not None
-        ):
-            value = copy.deepcopy(value)
-            value["config"]["seed"] = None
-            config[key] = value
-    return layer.__class__.from_config(config)
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    return keras.Model(clone.inputs[0], clone.outputs[0], name=name)
 
 
 def _layer_outputs(layer):

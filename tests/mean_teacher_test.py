@@ -86,56 +86,72 @@ def expected_mean_teacher(history, decay):
     return teacher
 
 
-def assert_mean_teachers_equal(model, expected, mask):
+def assert_mean_teachers_equal(model, expected, mask, rtol=2e-5, atol=2e-6):
     for (_, teacher), want_part, mask_part in zip(pairs(model), expected, mask):
         got_part = weights_of(teacher)
         for got, want, trained in zip(got_part, want_part, mask_part):
             if trained:  # moving statistics are the teacher's own
-                np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+                np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-@pytest.fixture(scope="module")
-def reference_run():
-    """A fit with steps_per_execution=1 that records theta_k at every step."""
-    x, y = colour_dataset(STEPS * BATCH)
-    model = make_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    initial = model.get_weights()
-    recorder = RecordStudentWeights()
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[recorder])
-    assert len(recorder.history) == STEPS
-    expected = expected_mean_teacher(recorder.history, EMA_DECAY)
-    return x, y, initial, expected, model
+JIT_SETTINGS = [False] if keras.backend.backend() == "torch" else [False, True]
+_runs = {}
 
 
-def test_mean_teacher_trajectory_follows_spec(reference_run):
-    _, _, _, expected, model = reference_run
+def recorded_run(jit_compile):
+    """A fit with steps_per_execution=1 that records theta_k at every step.
+
+    torch: Keras' torch trainer supports neither `jit_compile=True` (here)
+    nor `steps_per_execution > 1`, so only the eager run exists there.
+    """
+    if jit_compile not in _runs:
+        x, y = colour_dataset(STEPS * BATCH)
+        model = make_model()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.02, momentum=0.9),
+            jit_compile=jit_compile,
+        )
+        initial = model.get_weights()
+        recorder = RecordStudentWeights()
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[recorder])
+        assert len(recorder.history) == STEPS
+        expected = expected_mean_teacher(recorder.history, EMA_DECAY)
+        _runs[jit_compile] = (x, y, initial, expected, model)
+    return _runs[jit_compile]
+
+
+@pytest.mark.parametrize("jit_compile", JIT_SETTINGS)
+def test_mean_teacher_trajectory_follows_spec(jit_compile):
+    _, _, _, expected, model = recorded_run(jit_compile)
     assert int(keras.ops.convert_to_numpy(model.step_counter)) == STEPS
     assert_mean_teachers_equal(model, expected, trainable_mask(model))
 
 
-def _jit_options():
-    # Keras' torch trainer allows neither steps_per_execution > 1 nor, here,
-    # torch.compile; the test then reports as skipped on torch.
-    if keras.backend.backend() == "torch":
-        return []
-    return [
-        dict(steps_per_execution=4),
-        dict(jit_compile=True),
-        dict(jit_compile=True, steps_per_execution=4),
-    ]
-
-
-@pytest.mark.parametrize("options", _jit_options(), ids=str)
-def test_same_trajectory_when_compiled_differently(reference_run, options):
-    x, y, initial, expected, _ = reference_run
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="Keras' torch trainer requires steps_per_execution=1",
+)
+@pytest.mark.parametrize("jit_compile", JIT_SETTINGS)
+def test_same_trajectory_with_steps_per_execution(jit_compile):
+    # Same compiled step, looped 4 times per call: the callback sees only
+    # every 4th step, so compare with the recorded run of the same setting.
+    x, y, initial, expected, _ = recorded_run(jit_compile)
     model = make_model()
     model.set_weights(initial)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), **options)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.02, momentum=0.9),
+        jit_compile=jit_compile,
+        steps_per_execution=4,
+    )
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     assert int(keras.ops.convert_to_numpy(model.step_counter)) == STEPS
-    assert_mean_teachers_equal(model, expected, trainable_mask(model))
+    # Two runs: TensorFlow may order float reductions differently inside the
+    # step loop (differences ~5e-6 after 8 steps); one step of a wrong EMA
+    # moves the teacher by ~1e-3.
+    assert_mean_teachers_equal(
+        model, expected, trainable_mask(model), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_mean_teacher_batch_norm_keeps_its_own_statistics():
@@ -161,8 +177,10 @@ def test_mean_teacher_batch_norm_keeps_its_own_statistics():
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     want = (1 - 0.99**2) * batch_mean
-    for trunk in (model.trunk, model.mean_teacher_trunk):
-        bn = trunk.get_layer("bn1")
+    for bn in (
+        model.trunk.get_layer("bn1"),
+        model.mean_teacher_trunk.get_layer("mean_teacher_trunk_bn1"),
+    ):
         got = keras.ops.convert_to_numpy(bn.moving_mean)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 

@@ -1,0 +1,353 @@
+"""`PeerCollaborativeModel` in the ordinary Keras workflow."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pcl
+from tests.testing import colour_dataset
+from tests.testing import tiny_backbone
+
+
+def make_model(**kwargs):
+    keras.utils.set_random_seed(kwargs.pop("seed", 1))
+    args = dict(num_classes=3, num_peers=3, split_at="split", rampup_steps=10)
+    args.update(kwargs)
+    return keras_pcl.PeerCollaborativeModel(tiny_backbone(), **args)
+
+
+def sgd(lr=0.05):
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A model trained for a few epochs on a small learnable problem."""
+    x, y = colour_dataset(384, seed=0)
+    x_val, y_val = colour_dataset(96, seed=1)
+    model = make_model()
+    model.compile(optimizer=sgd())
+    history = model.fit(
+        x, y, batch_size=32, epochs=4, verbose=0, validation_data=(x_val, y_val)
+    )
+    return model, history, (x_val, y_val)
+
+
+def test_learns_a_small_real_problem(trained):
+    model, history, (x_val, y_val) = trained
+    logs = history.history
+    # The total loss also carries w(t) * (distillation), which ramps up and
+    # grows while the peers become confident; the supervised part falls.
+    assert logs["ce"][-1] < 0.5 * logs["ce"][0]
+    assert logs["val_ce"][-1] < logs["val_ce"][0]
+    for key in ["peer_0_accuracy", "ensemble_accuracy", "val_mean_teacher_0_accuracy"]:
+        assert logs[key][-1] > 0.6, (key, logs[key])  # chance: 1/3
+    predictions = model.predict(x_val, verbose=0).argmax(-1)
+    assert (predictions == y_val).mean() > 0.6
+
+
+def test_logs_every_component(trained):
+    _, history, _ = trained
+    names = ["loss", "ce", "pe", "pm", "consistency_weight", "ensemble_accuracy"]
+    names += [f"peer_{j}_accuracy" for j in range(3)]
+    names += [f"mean_teacher_{j}_accuracy" for j in range(3)]
+    for name in names:
+        assert name in history.history, name
+        assert "val_" + name in history.history, name
+
+
+def test_consistency_weight_ramps_up_with_steps(trained):
+    _, history, _ = trained
+    # 12 steps per epoch, ramp-up over 10 steps: epoch means rise to 1.
+    weights = history.history["consistency_weight"]
+    steps = np.arange(12)
+    first_epoch = np.mean(np.exp(-5 * (1 - np.minimum(steps, 10) / 10) ** 2))
+    np.testing.assert_allclose(weights[0], first_epoch, rtol=1e-5)
+    np.testing.assert_allclose(weights[-1], 1.0, rtol=1e-6)
+
+
+def test_evaluate_reports_the_same_accuracies(trained):
+    model, history, (x_val, y_val) = trained
+    results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    for j in range(3):
+        acc = results[f"mean_teacher_{j}_accuracy"]
+        want = (model.get_peer(j).predict(x_val, verbose=0).argmax(-1) == y_val)
+        assert acc == pytest.approx(want.mean(), abs=1e-6)
+        student = model.get_peer(j, mean_teacher=False).predict(x_val, verbose=0)
+        assert results[f"peer_{j}_accuracy"] == pytest.approx(
+            (student.argmax(-1) == y_val).mean(), abs=1e-6
+        )
+    assert results["val_loss" if "val_loss" in results else "loss"] > 0
+
+
+def test_get_peer_matches_the_model_prediction(trained):
+    model, _, (x_val, _) = trained
+    for j in range(3):
+        model.deploy_peer = j
+        np.testing.assert_allclose(
+            model.predict(x_val, verbose=0),
+            model.get_peer(j).predict(x_val, verbose=0),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    model.deploy_peer = 0
+
+
+def test_get_peer_is_the_plain_architecture(trained):
+    model, _, (x_val, _) = trained
+    peer = model.get_peer(1)
+    plain = tiny_backbone()
+    # Backbone + a dense classifier on its 6 features: nothing else.
+    assert peer.count_params() == plain.count_params() + 6 * 3 + 3
+    assert peer.input.shape == (None, 8, 8, 3)
+    # Copies, not shared variables: changing the peer leaves the model alone.
+    before = model.predict(x_val, verbose=0)
+    peer.set_weights([np.zeros_like(w) for w in peer.get_weights()])
+    np.testing.assert_array_equal(model.predict(x_val, verbose=0), before)
+
+
+def test_keras_file_round_trip(trained, tmp_path):
+    model, _, (x_val, y_val) = trained
+    model.deploy_peer = 2
+    path = os.path.join(tmp_path, "pcl.keras")
+    model.save(path)
+    model.deploy_peer = 0
+    loaded = keras.models.load_model(path)
+    assert loaded.deploy_peer == 2
+    assert int(keras.ops.convert_to_numpy(loaded.step_counter)) == int(
+        keras.ops.convert_to_numpy(model.step_counter)
+    )
+    assert len(loaded.weights) == len(model.weights)
+    for a, b in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    model.deploy_peer = 2
+    np.testing.assert_allclose(
+        loaded.predict(x_val, verbose=0), model.predict(x_val, verbose=0), 1e-6
+    )
+    model.deploy_peer = 0
+    # The optimizer comes back too, so training resumes where it stopped.
+    assert int(loaded.optimizer.iterations.numpy()) == int(
+        model.optimizer.iterations.numpy()
+    )
+    loaded.fit(x_val, y_val, batch_size=32, epochs=1, verbose=0)
+
+
+def test_config_json_round_trip():
+    model = make_model(temperature=4.0, ema_decay=0.99, num_peers=2, deploy_peer=1)
+    config = json.loads(json.dumps(model.get_config()))
+    clone = keras_pcl.PeerCollaborativeModel.from_config(config)
+    for key in ["num_classes", "num_peers", "split_at", "temperature",
+                "ema_decay", "consistency_weight", "rampup_steps", "deploy_peer"]:
+        assert getattr(clone, key) == getattr(model, key), key
+    assert clone.count_params() == model.count_params()
+
+
+def test_peers_start_from_independent_initialisations():
+    model = make_model()
+    kernels = [
+        keras.ops.convert_to_numpy(head.get_layer(f"peer_{j}_head_conv2").kernel)
+        for j, head in enumerate(model.peer_heads)
+    ]
+    classifiers = [
+        keras.ops.convert_to_numpy(c.kernel) for c in model.peer_classifiers
+    ]
+    for group in (kernels, classifiers):
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                assert not np.allclose(group[a], group[b])
+
+
+def test_each_peer_gets_its_own_augmentation():
+    model = make_model()
+    x, _ = colour_dataset(16)
+    views = [keras.ops.convert_to_numpy(v) for v in model.peer_views(x)]
+    assert len(views) == 3
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not np.allclose(views[a], views[b])
+    # Outside training every peer sees the same, merely rescaled, images.
+    for v in model.peer_views(x, training=False):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(v), x / 255.0, 1e-6)
+
+
+def test_views_from_the_input_pipeline_are_used_as_given():
+    model = make_model()
+    x, y = colour_dataset(32)
+    views = (x, x[:, ::-1], x[:, :, ::-1])
+    out = model.peer_views(views)
+    for given, got in zip(views, out):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), given / 255.0, 1e-6
+        )
+    model.compile(optimizer=sgd())
+    history = model.fit(views, y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_one_hot_labels_train_like_integer_labels():
+    x, y = colour_dataset(32)
+    losses = []
+    for labels in (y, np.eye(3, dtype="float32")[y]):
+        model = make_model(augmentation=None, seed=4)
+        model.compile(optimizer=sgd())
+        history = model.fit(x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        losses.append(history.history["loss"][-1])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
+def test_terminate_on_nan_stops_a_non_finite_run():
+    x, y = colour_dataset(64)
+    model = make_model()
+    model.compile(optimizer=keras.optimizers.SGD(1e6))  # diverges
+    history = model.fit(
+        x, y, batch_size=16, epochs=3, verbose=0,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    assert model.stop_training
+    assert len(history.history["loss"]) == 1
+    assert not np.isfinite(history.history["loss"][0])
+
+
+def test_custom_preprocessing_is_part_of_the_deployed_network():
+    mean, variance = [120.0, 110.0, 100.0], [4000.0, 3900.0, 3800.0]
+    model = make_model(
+        preprocessing=keras.layers.Normalization(mean=mean, variance=variance)
+    )
+    x, _ = colour_dataset(8)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.peer_views(x, training=False)[0]),
+        (x - np.array(mean)) / np.sqrt(variance),
+        rtol=1e-5, atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), model.get_peer(0).predict(x, verbose=0),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_peers=1), "num_peers=1"),
+        (dict(num_classes=1), "num_classes=1"),
+        (dict(num_classes=2.5), "num_classes=2.5"),
+        (dict(temperature=0.0), "temperature=0.0"),
+        (dict(temperature=-1), "temperature=-1"),
+        (dict(ema_decay=1.0), r"ema_decay=1.0"),
+        (dict(ema_decay=-0.1), r"ema_decay=-0.1"),
+        (dict(consistency_weight=-1.0), "consistency_weight=-1.0"),
+        (dict(rampup_steps=-5), "rampup_steps=-5"),
+        (dict(deploy_peer=3), "deploy_peer=3"),
+        (dict(split_at="splt"), r"Close matches: \['split'\].*split_at='splt'"),
+        (dict(split_at="pool"), "nothing for the peers"),
+        (dict(split_at="images"), "input layer"),
+        (dict(split_at=None), "split_at=None"),
+        (dict(preprocessing=lambda x: x), "preprocessing="),
+        (dict(augmentation="strong"), "augmentation='strong'"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_model(**kwargs)
+
+
+def test_backbone_must_be_a_built_functional_model():
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    for bad in (Subclassed(), "resnet32", keras.layers.Dense(3)):
+        with pytest.raises(ValueError, match="backbone"):
+            keras_pcl.PeerCollaborativeModel(bad, num_classes=3, split_at="x")
+
+
+def test_backbone_must_end_in_features():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    backbone = keras.Model(inputs, x)
+    with pytest.raises(ValueError, match="pooled feature vector"):
+        keras_pcl.PeerCollaborativeModel(backbone, num_classes=3, split_at="conv")
+
+
+def test_wrong_number_of_views_raises():
+    model = make_model()
+    x, _ = colour_dataset(4)
+    with pytest.raises(ValueError, match="holds 2 views.*num_peers=3"):
+        model.peer_views((x, x))
+
+
+def test_images_of_the_wrong_shape_raise():
+    model = make_model()
+    with pytest.raises(ValueError, match=r"x.shape=\(2, 16, 16, 3\)"):
+        model.predict(np.zeros((2, 16, 16, 3), "uint8"), verbose=0)
+
+
+def test_labels_of_the_wrong_rank_raise():
+    model = make_model()
+    model.compile(optimizer=sgd())
+    x, _ = colour_dataset(8)
+    with pytest.raises(ValueError, match="y.shape"):
+        model.fit(x, np.zeros((8, 2, 2)), batch_size=8, verbose=0)
+
+
+def test_compile_refuses_loss_and_metrics():
+    model = make_model()
+    with pytest.raises(ValueError, match="loss='mse'"):
+        model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="metrics="):
+        model.compile(optimizer="sgd", metrics=["accuracy"])
+
+
+def test_sample_weights_are_refused():
+    model = make_model()
+    model.compile(optimizer=sgd())
+    x, y = colour_dataset(8)
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.fit(x, y, sample_weight=np.ones(8), batch_size=8, verbose=0)
+
+
+def test_deploy_peer_out_of_range_raises():
+    model = make_model()
+    with pytest.raises(ValueError, match="deploy_peer=5"):
+        model.deploy_peer = 5
+    with pytest.raises(ValueError, match="index=-1"):
+        model.get_peer(-1)
+
+
+def test_each_update_depends_only_on_the_current_state():
+    """Step k from a snapshot of the state equals step k of a longer run.
+
+    Catches state that leaks between steps outside the model's variables,
+    e.g. gradients that pile up because `zero_grad` missed a variable.
+    """
+    x, y = colour_dataset(32)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    run = make_model(augmentation=None)
+    run.compile(optimizer=keras.optimizers.SGD(0.1))
+    run.fit(*batches[0], batch_size=16, verbose=0)
+    snapshot = run.get_weights()
+    run.fit(*batches[1], batch_size=16, verbose=0)
+
+    fresh = make_model(augmentation=None, seed=99)
+    fresh.set_weights(snapshot)
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1))
+    fresh.fit(*batches[1], batch_size=16, verbose=0)
+    for a, b, v in zip(run.get_weights(), fresh.get_weights(), run.weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=v.path)
+
+
+def test_variable_paths_are_unique():
+    model = make_model()
+    paths = [v.path for v in model.weights]
+    assert len(paths) == len(set(paths))
