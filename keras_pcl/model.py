@@ -187,7 +187,9 @@ class PeerCollaborativeModel(keras.Model):
             preprocessing = keras.layers.Rescaling(1.0 / 255, name="rescaling")
         self.preprocessing = preprocessing
         if augmentation == "default":
-            augmentation = default_augmentation(image_shape[:2])
+            channels_first = keras.config.image_data_format() == "channels_first"
+            spatial = image_shape[1:] if channels_first else image_shape[:2]
+            augmentation = default_augmentation(spatial)
         self.augmentation = augmentation
         if isinstance(augmentation, keras.layers.Layer):
             augmentation.build((None,) + image_shape)

@@ -31,10 +31,15 @@ class CIFARResNet(keras.Model):
 
     Args:
         depth: int of the form `6n + 2` (8, 14, 20, 32, 44, 56, 110, ...).
-        input_shape: shape of one image, `(height, width, channels)`.
+        input_shape: shape of one image, `(height, width, channels)`, or
+            `(channels, height, width)` with `data_format="channels_first"`.
         kernel_regularizer: optional regularizer for every convolution
             kernel (e.g. `keras.regularizers.L2(5e-4 / 2)` reproduces the
             paper's SGD weight decay of 5e-4 for `L = ... + wd/2 * |w|^2`).
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`. Channels-first is much faster
+            on the PyTorch backend on CPU (no layout transposes per
+            convolution); TensorFlow on CPU wants channels-last.
         name: model name; defaults to `cifar_resnet{depth}`.
 
     Example:
@@ -51,6 +56,7 @@ class CIFARResNet(keras.Model):
         depth=32,
         input_shape=(32, 32, 3),
         kernel_regularizer=None,
+        data_format=None,
         name=None,
         **kwargs,
     ):
@@ -59,8 +65,15 @@ class CIFARResNet(keras.Model):
                 "`depth` must be an int of the form 6n + 2 with n >= 1 "
                 f"(8, 14, 20, 32, 44, 56, ...). Received: depth={depth!r}"
             )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                "`data_format` must be 'channels_last' or 'channels_first'. "
+                f"Received: data_format={data_format!r}"
+            )
         blocks_per_stage = (depth - 2) // 6
         regularizer = keras.regularizers.get(kernel_regularizer)
+        bn_axis = 1 if data_format == "channels_first" else -1
 
         inputs = keras.Input(shape=input_shape, name="images")
         x = layers.Conv2D(
@@ -70,9 +83,10 @@ class CIFARResNet(keras.Model):
             use_bias=False,
             kernel_initializer=conv_initializer(),
             kernel_regularizer=regularizer,
+            data_format=data_format,
             name="stem_conv",
         )(inputs)
-        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.BatchNormalization(axis=bn_axis, name="stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
@@ -82,9 +96,12 @@ class CIFARResNet(keras.Model):
                     width,
                     stride,
                     regularizer,
+                    data_format,
                     name=f"stage{stage}_block{block}",
                 )
-        outputs = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        outputs = layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool"
+        )(x)
         super().__init__(
             inputs=inputs,
             outputs=outputs,
@@ -94,6 +111,7 @@ class CIFARResNet(keras.Model):
         self.depth = depth
         self.image_shape = tuple(input_shape)
         self.kernel_regularizer = regularizer
+        self.data_format = data_format
         self.default_split_at = f"stage2_block{blocks_per_stage}_out"
 
     def get_config(self):
@@ -103,6 +121,7 @@ class CIFARResNet(keras.Model):
             "kernel_regularizer": keras.regularizers.serialize(
                 self.kernel_regularizer
             ),
+            "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,
         }
@@ -112,8 +131,9 @@ class CIFARResNet(keras.Model):
         return cls(**config)
 
 
-def basic_block(x, width, stride, regularizer, name):
+def basic_block(x, width, stride, regularizer, data_format, name):
     """Two 3x3 conv-BN layers with an identity or projection shortcut."""
+    bn_axis = 1 if data_format == "channels_first" else -1
 
     def conv(filters, kernel_size, strides, suffix):
         return layers.Conv2D(
@@ -124,18 +144,21 @@ def basic_block(x, width, stride, regularizer, name):
             use_bias=False,
             kernel_initializer=conv_initializer(),
             kernel_regularizer=regularizer,
+            data_format=data_format,
             name=f"{name}_{suffix}",
         )
 
     shortcut = x
     y = conv(width, 3, stride, "conv1")(x)
-    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.BatchNormalization(axis=bn_axis, name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = conv(width, 3, 1, "conv2")(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
-    if stride != 1 or x.shape[-1] != width:
+    y = layers.BatchNormalization(axis=bn_axis, name=f"{name}_bn2")(y)
+    if stride != 1 or x.shape[bn_axis] != width:
         shortcut = conv(width, 1, stride, "shortcut_conv")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(
+        shortcut = layers.BatchNormalization(
+            axis=bn_axis, name=f"{name}_shortcut_bn"
+        )(
             shortcut
         )
     y = layers.Add(name=f"{name}_add")([y, shortcut])

@@ -74,3 +74,18 @@ def test_config_round_trip():
     clone = CIFARResNet.from_config(model.get_config())
     assert clone.count_params() == model.count_params()
     assert clone.name == "r14" and clone.input.shape == (None, 16, 16, 3)
+
+
+def test_channels_first_matches_channels_last():
+    last = CIFARResNet(depth=8, input_shape=(8, 8, 3), data_format="channels_last")
+    first = CIFARResNet(depth=8, input_shape=(3, 8, 8), data_format="channels_first")
+    assert first.count_params() == last.count_params()
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    if keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow's CPU convolutions support channels_last only")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2)))),
+        keras.ops.convert_to_numpy(last(x)),
+        rtol=1e-4, atol=1e-5,
+    )
