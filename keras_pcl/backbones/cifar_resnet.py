@@ -37,9 +37,8 @@ class CIFARResNet(keras.Model):
             kernel (e.g. `keras.regularizers.L2(5e-4 / 2)` reproduces the
             paper's SGD weight decay of 5e-4 for `L = ... + wd/2 * |w|^2`).
         data_format: `"channels_last"` or `"channels_first"`; defaults to
-            `keras.config.image_data_format()`. Channels-first is much faster
-            on the PyTorch backend on CPU (no layout transposes per
-            convolution); TensorFlow on CPU wants channels-last.
+            `keras.config.image_data_format()`. TensorFlow's CPU
+            convolutions support channels-last only.
         name: model name; defaults to `cifar_resnet{depth}`.
 
     Example:
