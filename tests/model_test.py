@@ -351,3 +351,42 @@ def test_variable_paths_are_unique():
     model = make_model()
     paths = [v.path for v in model.weights]
     assert len(paths) == len(set(paths))
+
+
+def test_nested_blocks_with_repeated_layer_names_train_correctly():
+    """Two nested blocks whose inner layers share names repeat variable paths
+    (`conv/kernel` twice); every weight must still get only its own
+    gradient of the current step."""
+
+    def block(name):
+        inputs = keras.Input((8, 8, 4))
+        x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+        return keras.Model(inputs, keras.layers.ReLU(name="relu")(x), name=name)
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU(name="split")(x)
+    x = block("block_a")(x)
+    x = block("block_b")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    backbone = keras.Model(inputs, outputs)
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        model = keras_pcl.PeerCollaborativeModel(
+            backbone, num_classes=3, num_peers=2, split_at="split",
+            augmentation=None, rampup_steps=0,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    x, y = colour_dataset(32)
+    run = build(0)
+    run.fit(x[:16], y[:16], batch_size=16, verbose=0)
+    snapshot = run.get_weights()
+    run.fit(x[16:], y[16:], batch_size=16, verbose=0)
+    fresh = build(1)
+    fresh.set_weights(snapshot)
+    fresh.fit(x[16:], y[16:], batch_size=16, verbose=0)
+    for a, b in zip(run.get_weights(), fresh.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
