@@ -332,69 +332,46 @@ class PeerCollaborativeModel(keras.Model):
         step = self.step_counter.value
         student_vars, teacher_vars = self._ema_variable_pairs()
         update_mean_teacher(student_vars, teacher_vars, step, self.ema_decay)
-        features = [
-            head(self.trunk(view, training=True), training=True)
-            for head, view in zip(self.peer_heads, views)
-        ]
-        peer_logits = [
-            classifier(f)
-            for classifier, f in zip(self.peer_classifiers, features)
-        ]
-        ensemble_logits = self.ensemble_classifier(
-            ops.concatenate(features, axis=-1)
-        )
-        mean_teacher_logits = [
-            ops.stop_gradient(
-                classifier(
-                    head(self.mean_teacher_trunk(view, training=True), training=True)
-                )
-            )
-            for head, classifier, view in zip(
-                self.mean_teacher_heads, self.mean_teacher_classifiers, views
-            )
-        ]
-        weight = consistency_rampup(
+        outputs = self._branch_outputs(views, training=True)
+        outputs["consistency_weight"] = consistency_rampup(
             step, self.rampup_steps, self.consistency_weight
         )
         self.step_counter.assign_add(1)
-        return {
-            "peer_logits": peer_logits,
-            "ensemble_logits": ensemble_logits,
-            "mean_teacher_logits": mean_teacher_logits,
-            "consistency_weight": weight,
-        }
+        return outputs
 
     def _inference_outputs(self, inputs):
         """All branches in inference mode, for `evaluate`."""
-        views = self.peer_views(inputs, training=False)
-        student_trunk = _per_view(self.trunk, views)
-        teacher_trunk = _per_view(self.mean_teacher_trunk, views)
+        outputs = self._branch_outputs(
+            self.peer_views(inputs, training=False), training=False
+        )
+        outputs["consistency_weight"] = consistency_rampup(
+            self.step_counter.value, self.rampup_steps, self.consistency_weight
+        )
+        return outputs
+
+    def _branch_outputs(self, views, training):
+        """Logits of every peer, of the ensemble and of every mean teacher."""
+        student_trunk = _per_view(self.trunk, views, training)
+        teacher_trunk = _per_view(self.mean_teacher_trunk, views, training)
         features = [
-            head(student_trunk[j], training=False)
+            head(student_trunk[j], training=training)
             for j, head in enumerate(self.peer_heads)
         ]
-        peer_logits = [
-            classifier(f)
-            for classifier, f in zip(self.peer_classifiers, features)
-        ]
-        ensemble_logits = self.ensemble_classifier(
-            ops.concatenate(features, axis=-1)
-        )
-        mean_teacher_logits = [
-            classifier(head(teacher_trunk[j], training=False))
-            for j, (head, classifier) in enumerate(
-                zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
-            )
-        ]
+        teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
         return {
-            "peer_logits": peer_logits,
-            "ensemble_logits": ensemble_logits,
-            "mean_teacher_logits": mean_teacher_logits,
-            "consistency_weight": consistency_rampup(
-                self.step_counter.value,
-                self.rampup_steps,
-                self.consistency_weight,
+            "peer_logits": [
+                classifier(f)
+                for classifier, f in zip(self.peer_classifiers, features)
+            ],
+            "ensemble_logits": self.ensemble_classifier(
+                ops.concatenate(features, axis=-1)
             ),
+            "mean_teacher_logits": [
+                ops.stop_gradient(
+                    classifier(head(teacher_trunk[j], training=training))
+                )
+                for j, (head, classifier) in enumerate(teacher_heads)
+            ],
         }
 
     def peer_views(self, inputs, training=True):
@@ -676,8 +653,15 @@ def backend_is_float(dtype):
     return "float" in str(dtype)
 
 
-def _per_view(network, views):
-    """Runs `network` once per distinct view (views may repeat at eval)."""
+def _per_view(network, views, training):
+    """Runs `network` on each peer's view.
+
+    In training every peer runs it (batch-norm statistics are updated once
+    per peer, as in the spec); outside training a view that repeats is
+    computed once.
+    """
+    if training:
+        return [network(view, training=True) for view in views]
     cache = {}
     outputs = []
     for view in views:
