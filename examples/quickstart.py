@@ -7,12 +7,12 @@ the validation accuracy of every peer, of the ensemble and of every mean
 teacher, and saves the deployed network (best mean teacher) as a `.keras`
 file.
 
-    python examples/quickstart.py                      # ~3.5 minutes on 2 CPU cores
+    python examples/quickstart.py                      # ~4 minutes on 2 CPU cores
     python examples/quickstart.py --depth=32 --num_train=45000 --epochs=300 \
         --rampup_epochs=80 --batch_size=128             # the paper's recipe
 
 With the defaults (ResNet-8, 4,000 training images, 3 epochs, TensorFlow
-backend) it ran in 3.5 minutes on the 2-core development machine and reached
+backend) it ran in 3 min 40 s (wall clock) on the 2-core development machine and reached
 a validation accuracy of 33.8% for the deployed mean teacher, 36-37% for the
 student peers and 37.6% for the ensemble (chance: 10%); three epochs are far
 too few for the mean teachers (EMA decay 0.999) to pull ahead.
