@@ -60,7 +60,7 @@ def split_backbone(backbone, split_at):
             f"{_abbreviate(split_candidates(backbone))}. "
             f"Received: split_at={split_at!r}"
         )
-    trunk = keras.Model(backbone.inputs, split_tensor, name="trunk")
+    trunk = keras.Model(backbone.inputs[0], split_tensor, name="trunk")
     head = keras.Model(split_tensor, backbone.outputs[0], name="peer_head")
     return trunk, head
 
