@@ -429,7 +429,7 @@ class PeerCollaborativeModel(keras.Model):
                 f"Images must have shape (batch, {', '.join(map(str, expected))}) "
                 f"to match the backbone's input. Received: x.shape={shape}"
             )
-        if not backend_is_float(images.dtype):
+        if not keras.backend.is_float_dtype(images.dtype):
             images = ops.cast(images, "float32")
         return images
 
@@ -647,10 +647,6 @@ def _keep_tensorflow_read_before_write_order():
     tf.config.optimizer.set_experimental_options(
         {"dependency_optimization": False}
     )
-
-
-def backend_is_float(dtype):
-    return "float" in str(dtype)
 
 
 def _per_view(network, views, training):
