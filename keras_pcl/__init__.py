@@ -2,6 +2,8 @@
 
 from keras_pcl import augmentation
 from keras_pcl import backbones
+from keras_pcl import callbacks
+from keras_pcl import export
 from keras_pcl import losses
 from keras_pcl.model import PeerCollaborativeModel
 
@@ -11,5 +13,7 @@ __all__ = [
     "PeerCollaborativeModel",
     "augmentation",
     "backbones",
+    "callbacks",
+    "export",
     "losses",
 ]

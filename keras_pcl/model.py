@@ -17,6 +17,8 @@ in Python, so every step compiles; a per-batch callback would be skipped when
 teachers are not updated by a callback.
 """
 
+import collections
+
 import keras
 from keras import ops
 
@@ -30,6 +32,10 @@ from keras_pcl.splitting import check_backbone
 from keras_pcl.splitting import fresh_clone
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
+
+class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
+    """The best peer so far: index, 0-based epoch, monitored score."""
+
 
 # The paper's CIFAR recipe: 80 ramp-up epochs of ceil(50000 / 128) steps.
 DEFAULT_RAMPUP_STEPS = 80 * 391
@@ -185,6 +191,11 @@ class PeerCollaborativeModel(keras.Model):
 
         if preprocessing is None:
             preprocessing = keras.layers.Rescaling(1.0 / 255, name="rescaling")
+        if not preprocessing.built:
+            # Built here, not inside the first traced step: a layer such as
+            # `Normalization(mean=..., variance=...)` creates tensors in
+            # `build` that a later trace could not reach.
+            preprocessing.build((None,) + image_shape)
         self.preprocessing = preprocessing
         if augmentation == "default":
             channels_first = keras.config.image_data_format() == "channels_first"
@@ -225,6 +236,15 @@ class PeerCollaborativeModel(keras.Model):
             trainable=False,
             aggregation="only_first_replica",
             name="pcl_step",
+        )
+        # What `keras_pcl.callbacks.BestPeerTracker` recorded: variables, so
+        # that `save`, `load_model` and `BackupAndRestore` keep them.
+        self._best_peer_index = self._add_record_variable("best_peer", "int32", -1)
+        self._best_peer_epoch = self._add_record_variable(
+            "best_peer_epoch", "int32", -1
+        )
+        self._best_peer_score = self._add_record_variable(
+            "best_peer_score", "float32", float("-inf")
         )
 
         self.ce_tracker = keras.metrics.Mean(name="ce")
@@ -272,6 +292,82 @@ class PeerCollaborativeModel(keras.Model):
         keras.Model.trainable.fset(self, value)
         if getattr(self, "mean_teacher_trunk", None) is not None:
             self._freeze_mean_teachers()
+
+    @property
+    def best_peer(self):
+        """The best peer recorded by `BestPeerTracker`, or None.
+
+        A `BestPeer(peer, epoch, score)` tuple: the peer index, the (0-based)
+        epoch and the monitored validation accuracy. It is part of the
+        model's weights, so it survives `save`/`load_model` and
+        `BackupAndRestore`.
+        """
+        peer = int(keras.ops.convert_to_numpy(self._best_peer_index.value))
+        if peer < 0:
+            return None
+        return BestPeer(
+            peer=peer,
+            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)),
+            score=float(keras.ops.convert_to_numpy(self._best_peer_score.value)),
+        )
+
+    def record_best_peer(self, peer, epoch, score):
+        """Records `peer` as the best and makes it the `deploy_peer`.
+
+        Called by `keras_pcl.callbacks.BestPeerTracker`; not part of a
+        training step.
+        """
+        self._check_peer_index(peer, "peer")
+        self._best_peer_index.assign(peer)
+        self._best_peer_epoch.assign(epoch)
+        self._best_peer_score.assign(score)
+        self.deploy_peer = peer
+
+    def export_peer(
+        self,
+        filepath,
+        peer="best",
+        mean_teacher=True,
+        format="tf_saved_model",
+        overwrite=False,
+        verbose=False,
+    ):
+        """Writes one peer as a standalone network for serving.
+
+        See `keras_pcl.export.export_peer` for the formats, the serving
+        signature and the errors.
+
+        Args:
+            filepath: a directory (`"tf_saved_model"`) or a file ending in
+                `.keras`, `.onnx` or `.tflite`.
+            peer: `"best"` (recorded by `BestPeerTracker`), `"deploy"` or an
+                int peer index.
+            mean_teacher: the peer's mean teacher (default) or its student.
+            format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`.
+            overwrite: replace an existing `filepath`.
+            verbose: let Keras print what it writes.
+
+        Returns:
+            The exported `keras.Model`.
+
+        Example:
+
+        ```python
+        model.export_peer("served/pcl_resnet32", peer="best")
+        model.export_peer("pcl_resnet32.onnx", peer=0, format="onnx")
+        ```
+        """
+        from keras_pcl.export import export_peer
+
+        return export_peer(
+            self,
+            filepath,
+            peer=peer,
+            mean_teacher=mean_teacher,
+            format=format,
+            overwrite=overwrite,
+            verbose=verbose,
+        )
 
     def get_peer(self, index, mean_teacher=True):
         """Returns peer `index` as a standalone `keras.Model`.
@@ -618,6 +714,16 @@ class PeerCollaborativeModel(keras.Model):
         for teacher in self._mean_teachers():
             for variable in teacher.weights:
                 freeze_variable(variable)
+
+    def _add_record_variable(self, name, dtype, value):
+        return self.add_weight(
+            shape=(),
+            dtype=dtype,
+            initializer=keras.initializers.Constant(value),
+            trainable=False,
+            aggregation="only_first_replica",
+            name=name,
+        )
 
     def _check_peer_index(self, value, name):
         if isinstance(value, bool) or not isinstance(value, int):

@@ -1,0 +1,152 @@
+"""Callbacks for `PeerCollaborativeModel`."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+
+
+class BestPeerTracker(keras.callbacks.Callback):
+    """Keeps the best peer by validation accuracy and makes it the deployed one.
+
+    At the end of every epoch with validation data it reads each peer's
+    validation accuracy from the epoch logs (by default
+    `val_mean_teacher_{j}_accuracy`, the networks PCL deploys), and when the
+    best of them beats the best seen so far it
+
+    * records `(peer, epoch, score)` in the model (`model.best_peer`; stored
+      with the weights, so `model.save`, `load_model` and
+      `keras.callbacks.BackupAndRestore` keep it),
+    * sets `model.deploy_peer`, so `predict`, `get_peer(model.deploy_peer)`
+      and `export_peer(peer="best")` use it,
+    * writes that peer to `filepath` if one is given (like `ModelCheckpoint`
+      with `save_best_only=True`, for one deployable peer).
+
+    Without validation data it warns once and leaves `deploy_peer` alone:
+    picking a peer on training accuracy would reward the peer that overfits.
+
+    When resuming (e.g. after `BackupAndRestore` restored the weights), the
+    recorded best is read back from the model at the start of the first
+    epoch, so a resumed run only replaces it with a better one. Put this callback before
+    `BackupAndRestore` in the `callbacks` list so that an epoch's record is in
+    the backup written at the end of that epoch.
+
+    Args:
+        mean_teacher: monitor (and export) the peers' mean teachers (default)
+            or, if False, the student peers (`val_peer_{j}_accuracy`).
+        filepath: optional path to write the best peer to whenever it
+            improves, e.g. `"best_peer.keras"` or a SavedModel directory. It
+            may contain `{epoch}` (1-based), `{peer}` and `{score}` fields.
+        export_format: format of `filepath`, see
+            `PeerCollaborativeModel.export_peer`. Defaults to `"keras"`.
+        verbose: 1 prints a line when the best peer changes.
+
+    Example:
+
+    ```python
+    tracker = keras_pcl.callbacks.BestPeerTracker(filepath="best_peer.keras")
+    model.fit(x, y, validation_data=(x_val, y_val), epochs=300,
+              callbacks=[tracker])
+    model.best_peer          # BestPeer(peer=2, epoch=287, score=0.9481)
+    model.export_peer("served", peer="best")
+    ```
+    """
+
+    def __init__(
+        self,
+        mean_teacher=True,
+        filepath=None,
+        export_format="keras",
+        verbose=1,
+    ):
+        super().__init__()
+        if not isinstance(mean_teacher, bool):
+            raise ValueError(
+                "`mean_teacher` must be True or False. "
+                f"Received: mean_teacher={mean_teacher!r}"
+            )
+        from keras_pcl.export import FORMATS
+
+        if export_format not in FORMATS:
+            raise ValueError(
+                f"`export_format` must be one of {list(FORMATS)}. "
+                f"Received: export_format={export_format!r}"
+            )
+        if filepath is not None and not isinstance(filepath, (str, os.PathLike)):
+            raise ValueError(
+                "`filepath` must be a path (str) or None. "
+                f"Received: filepath={filepath!r}"
+            )
+        self.mean_teacher = mean_teacher
+        self.filepath = None if filepath is None else os.fspath(filepath)
+        self.export_format = export_format
+        self.verbose = verbose
+        self._warned = False
+        self._synced = False
+
+    def monitor(self, peer):
+        """The log key read for `peer`."""
+        if self.mean_teacher:
+            return f"val_mean_teacher_{peer}_accuracy"
+        return f"val_peer_{peer}_accuracy"
+
+    def on_train_begin(self, logs=None):
+        from keras_pcl.model import PeerCollaborativeModel
+
+        if not isinstance(self.model, PeerCollaborativeModel):
+            raise ValueError(
+                "`BestPeerTracker` works with a "
+                "`keras_pcl.PeerCollaborativeModel`. Received: model of type "
+                f"{type(self.model).__name__}"
+            )
+        self._synced = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # After every `on_train_begin`, so after `BackupAndRestore` restored
+        # the weights, which hold the record of an interrupted run.
+        if not self._synced:
+            self._synced = True
+            record = self.model.best_peer
+            if record is not None:
+                self.model.deploy_peer = record.peer
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        keys = [self.monitor(j) for j in range(self.model.num_peers)]
+        missing = [key for key in keys if key not in logs]
+        if missing:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"BestPeerTracker: no '{missing[0]}' in the epoch logs "
+                    "(fit without `validation_data`?). Keeping "
+                    f"deploy_peer={self.model.deploy_peer}; pass validation "
+                    "data to pick the best peer.",
+                    stacklevel=2,
+                )
+            return
+        # As stored in the model (float32), so that a tie is not a gain.
+        scores = [float(np.float32(logs[key])) for key in keys]
+        peer = max(range(len(scores)), key=lambda j: scores[j])
+        record = self.model.best_peer
+        if record is not None and not scores[peer] > record.score:
+            return
+        self.model.record_best_peer(peer, epoch, scores[peer])
+        if self.verbose:
+            previous = "none" if record is None else f"{record.score:.4f}"
+            print(
+                f"\nEpoch {epoch + 1}: best peer is {peer} "
+                f"({keys[peer]}={scores[peer]:.4f}, previous best {previous})"
+            )
+        if self.filepath is not None:
+            path = self.filepath.format(
+                epoch=epoch + 1, peer=peer, score=scores[peer]
+            )
+            self.model.export_peer(
+                path,
+                peer=peer,
+                mean_teacher=self.mean_teacher,
+                format=self.export_format,
+                overwrite=True,
+            )

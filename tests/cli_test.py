@@ -1,0 +1,117 @@
+"""The `keras-pcl` command line: each subcommand and its error paths."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pcl
+from keras_pcl import cli
+from tests.testing import colour_dataset
+from tests.testing import tiny_backbone
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A PCL model trained briefly with a best-peer record, saved as .keras."""
+    keras.utils.set_random_seed(7)
+    x, y = colour_dataset(64, seed=0)
+    x_val, y_val = colour_dataset(32, seed=1)
+    model = keras_pcl.PeerCollaborativeModel(
+        tiny_backbone(), num_classes=3, split_at="split", rampup_steps=4
+    )
+    model.compile(optimizer="sgd")
+    model.fit(
+        x, y, batch_size=16, epochs=2, verbose=0,
+        validation_data=(x_val, y_val),
+        callbacks=[keras_pcl.callbacks.BestPeerTracker(verbose=0)],
+    )
+    path = str(tmp_path_factory.mktemp("cli") / "pcl.keras")
+    model.save(path)
+    return path, model, x_val
+
+
+def test_export_writes_the_best_peer(checkpoint, tmp_path, capsys):
+    path, model, x_val = checkpoint
+    output = str(tmp_path / "best.keras")
+    assert cli.main(["export", path, output, "--format", "keras"]) == cli.EXIT_OK
+    assert f"Exported peer {model.best_peer.peer}" in capsys.readouterr().out
+    images = x_val[:4].astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.saving.load_model(output)(images)),
+        keras.ops.convert_to_numpy(model.get_peer(model.best_peer.peer)(images)),
+        atol=1e-5,
+    )
+
+
+def test_export_errors_are_one_line_with_exit_code_1(checkpoint, tmp_path, capsys):
+    path, _, _ = checkpoint
+    output = str(tmp_path / "peer.keras")
+
+    def error_of(argv):
+        code = cli.main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        return code, lines
+
+    code, lines = error_of(["export", str(tmp_path / "missing.keras"), output])
+    assert code == cli.EXIT_ERROR and len(lines) == 1
+    assert "does not exist" in lines[0] and lines[0].startswith("keras-pcl export: error:")
+
+    code, lines = error_of(["export", path, output, "--peer", "7", "--format", "keras"])
+    assert code == cli.EXIT_ERROR and len(lines) == 1 and "peer=7" in lines[0]
+
+    code, lines = error_of(["export", path, output, "--peer", "first"])
+    assert code == cli.EXIT_ERROR and "--peer must be" in lines[0]
+
+    assert cli.main(["export", path, output, "--format", "keras"]) == cli.EXIT_OK
+    capsys.readouterr()
+    code, lines = error_of(["export", path, output, "--format", "keras"])
+    assert code == cli.EXIT_ERROR and "overwrite" in lines[0]
+    assert cli.main(["export", path, output, "--format", "keras", "--overwrite"]) == 0
+
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    plain_path = str(tmp_path / "plain.keras")
+    plain.save(plain_path)
+    code, lines = error_of(["export", plain_path, str(tmp_path / "p2.keras")])
+    assert code == cli.EXIT_ERROR and "not a PeerCollaborativeModel" in lines[0]
+
+    not_a_model = tmp_path / "junk.keras"
+    not_a_model.write_text("not a zip file")
+    code, lines = error_of(["export", str(not_a_model), str(tmp_path / "p3.keras")])
+    assert code == cli.EXIT_ERROR and "could not load" in lines[0]
+
+
+def test_bad_usage_exits_with_code_2(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["export", "a.keras", "out", "--format", "pb"])
+    assert exit.value.code == cli.EXIT_USAGE
+    assert "invalid choice: 'pb'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        cli.main([])
+    assert exit.value.code == cli.EXIT_USAGE
+
+
+def test_console_script_runs_in_a_fresh_process(checkpoint, tmp_path):
+    path, model, _ = checkpoint
+    output = str(tmp_path / "student1.keras")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_pcl.cli", "export", path, output,
+         "--peer", "1", "--student", "--format", "keras"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Exported peer 1 (student" in result.stdout
+    assert keras.saving.load_model(output).count_params() == model.get_peer(
+        1, mean_teacher=False
+    ).count_params()
+
+
+def test_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
