@@ -600,9 +600,10 @@ class PeerCollaborativeModel(keras.Model):
             temperature=self.temperature,
             consistency_weight=outputs["consistency_weight"],
         )
-        loss = terms["loss"]
+        loss = _scale_for_replicas(terms["loss"])
         for extra in self.losses:  # Regularizers and `add_loss` terms.
-            loss = loss + ops.sum(ops.cast(extra, "float32"))
+            # Keras' own aggregation: summed, and scaled for replicas on TF.
+            loss = loss + ops.cast(self._aggregate_additional_loss(extra), "float32")
 
         self.ce_tracker.update_state(terms["ce"])
         self.pe_tracker.update_state(terms["pe"])
@@ -753,6 +754,27 @@ def _keep_tensorflow_read_before_write_order():
     tf.config.optimizer.set_experimental_options(
         {"dependency_optimization": False}
     )
+
+
+def _scale_for_replicas(loss):
+    """Divides a per-replica batch-mean loss by the number of replicas.
+
+    Keras' TensorFlow trainer sums the gradients of all replicas of a
+    `tf.distribute` strategy, so each replica's loss must be divided by their
+    number to give the gradient of the global-batch mean; its logs multiply
+    it back. Keras does this inside its compiled losses
+    (`keras.src.losses.loss.scale_loss_for_distribution`, not public API);
+    `compute_loss` is overridden here, so it is done here. Other backends
+    (JAX `keras.distribution`) compute the global-batch mean directly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas == 1:
+        return loss
+    return loss * (1.0 / replicas)
 
 
 def _per_view(network, views, training):
