@@ -3,6 +3,7 @@
 from keras_pcl import augmentation
 from keras_pcl import backbones
 from keras_pcl import callbacks
+from keras_pcl import data
 from keras_pcl import export
 from keras_pcl import losses
 from keras_pcl.model import PeerCollaborativeModel
@@ -14,6 +15,7 @@ __all__ = [
     "augmentation",
     "backbones",
     "callbacks",
+    "data",
     "export",
     "losses",
 ]

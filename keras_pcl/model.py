@@ -682,9 +682,30 @@ class PeerCollaborativeModel(keras.Model):
             )
         return cls(**config)
 
+    def save_own_variables(self, store):
+        # Keras keeps the random-number states of augmentation (and dropout)
+        # layers out of the weights. Saving them too lets `BackupAndRestore`
+        # and `load_model` continue the exact augmentation sequence, so a
+        # resumed run ends with the weights of an uninterrupted one.
+        super().save_own_variables(store)
+        for i, state in enumerate(self._random_states()):
+            store[f"random_state_{i}"] = state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {k: store[k] for k in keys if not k.startswith("random_state_")}
+        super().load_own_variables(own)
+        for i, state in enumerate(self._random_states()):
+            if f"random_state_{i}" in keys:  # Absent in older files.
+                state.assign(store[f"random_state_{i}"])
+
     # ------------------------------------------------------------------
     # Helpers
     # ------------------------------------------------------------------
+
+    def _random_states(self):
+        """The `SeedGenerator` states of every layer, in tracking order."""
+        return [v for v in self.variables if v.name == "seed_generator_state"]
 
     def _students(self):
         return [self.trunk, *self.peer_heads, *self.peer_classifiers]

@@ -390,3 +390,28 @@ def test_nested_blocks_with_repeated_layer_names_train_correctly():
     fresh.fit(x[16:], y[16:], batch_size=16, verbose=0)
     for a, b in zip(run.get_weights(), fresh.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_weights_continue_the_exact_augmentation_sequence(tmp_path):
+    """Weights files carry the augmentation RNG state: a reload continues exactly."""
+    x, y = colour_dataset(32, seed=0)
+
+    def make():
+        model = make_model(seed=0)
+        model.compile(optimizer=sgd())
+        return model
+
+    original = make()
+    original.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    original.save_weights(tmp_path / "backup.weights.h5")
+    original.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+
+    resumed = make()
+    resumed.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)  # other state
+    resumed.load_weights(tmp_path / "backup.weights.h5")
+    resumed.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert original._random_states(), "the default augmentation draws random numbers"
+    for variable, a, b in zip(
+        original.weights, original.get_weights(), resumed.get_weights()
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=variable.path)
