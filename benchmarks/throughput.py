@@ -2,15 +2,19 @@
 
 Measures images per second of `model.fit` for
 
-* PCL: `keras_pcl.PeerCollaborativeModel(CIFARResNet(depth), num_classes=10,
+* PCL: `keras_pcl.PeerCollaborativeModel(backbone, num_classes=10,
   num_peers=m)`, and
 * the baseline: the same backbone trained alone (backbone + `Dense(10)`
   head), with the same in-model augmentation
-  (`keras_pcl.augmentation.default_augmentation(32)`) and `Rescaling(1/255)`
+  (`keras_pcl.augmentation.default_augmentation(size)`) and `Rescaling(1/255)`
   preprocessing, sparse cross-entropy loss and an accuracy metric,
 
-both with `SGD(0.1, momentum=0.9, nesterov=True)` on 32x32x3 uint8 inputs, on
-the backend chosen by `KERAS_BACKEND`. Each model first runs one untimed
+both with `SGD(0.1, momentum=0.9, nesterov=True)` on uint8 inputs, on the
+backend chosen by `KERAS_BACKEND`. The backbone is `--backbone NAME`, any of
+`keras_pcl.backbones.names()` (resnet20, resnet32, resnet56, resnet110,
+wrn20_8, vgg16, densenet40_12, resnet18), built by
+`keras_pcl.backbones.get(NAME)` at `--image_size` (default 32, 224 for
+resnet18); without `--backbone`, `CIFARResNet(depth=--depth)` as before. Each model first runs one untimed
 `fit` call (tracing/compilation and warm-up), then `--repeats` timed `fit`
 calls of `--steps` steps each on an in-memory array, alternating between the
 two models; the reported figure is the median (the best run is reported as
@@ -23,6 +27,8 @@ Usage:
         --json benchmarks/results/throughput_jax.json
     KERAS_BACKEND=tensorflow python benchmarks/throughput.py --jit_compile=true
     KERAS_BACKEND=torch python benchmarks/throughput.py --threads=2
+    KERAS_BACKEND=jax python benchmarks/throughput.py --backbone=resnet110 \
+        --json benchmarks/results/throughput_jax_resnet110.json
 """
 
 import json
@@ -46,7 +52,18 @@ flags.DEFINE_integer(
     "`steps_per_execution`, at least 2.",
 )
 flags.DEFINE_integer("num_peers", 3, "PCL peers `m`.")
-flags.DEFINE_integer("depth", 32, "CIFAR ResNet depth (6n + 2).")
+flags.DEFINE_integer(
+    "depth", 32, "CIFAR ResNet depth (6n + 2), used when --backbone is unset."
+)
+flags.DEFINE_string(
+    "backbone",
+    None,
+    "A built-in backbone, one of keras_pcl.backbones.names(); unset: "
+    "CIFARResNet(depth=--depth).",
+)
+flags.DEFINE_integer(
+    "image_size", 0, "Image height and width. 0: 224 for resnet18, else 32."
+)
 flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 flags.DEFINE_enum(
     "jit_compile",
@@ -124,10 +141,32 @@ def _backend_version(backend):
     return None
 
 
+def _image_size():
+    if FLAGS.image_size:
+        return FLAGS.image_size
+    return 224 if FLAGS.backbone == "resnet18" else 32
+
+
 def _image_shape():
+    size = _image_size()
     if FLAGS.data_format == "channels_first":
-        return (3, 32, 32)
-    return (32, 32, 3)
+        return (3, size, size)
+    return (size, size, 3)
+
+
+def build_backbone(keras_pcl):
+    """`--backbone` (by name) or `CIFARResNet(--depth)`, at `_image_shape()`."""
+    if FLAGS.backbone:
+        return keras_pcl.backbones.get(
+            FLAGS.backbone,
+            input_shape=_image_shape(),
+            data_format=FLAGS.data_format,
+        )
+    return keras_pcl.backbones.CIFARResNet(
+        depth=FLAGS.depth,
+        input_shape=_image_shape(),
+        data_format=FLAGS.data_format,
+    )
 
 
 def _jit_arg():
@@ -139,9 +178,7 @@ def _optimizer(keras):
 
 
 def build_pcl(keras, keras_pcl):
-    backbone = keras_pcl.backbones.CIFARResNet(
-        depth=FLAGS.depth, input_shape=_image_shape()
-    )
+    backbone = build_backbone(keras_pcl)
     model = keras_pcl.PeerCollaborativeModel(
         backbone, num_classes=FLAGS.num_classes, num_peers=FLAGS.num_peers
     )
@@ -163,7 +200,7 @@ def build_baseline(keras, keras_pcl):
         def __init__(self, backbone, num_classes, **kwargs):
             super().__init__(**kwargs)
             self.augmentation = keras_pcl.augmentation.default_augmentation(
-                32
+                _image_size()
             )
             self.preprocessing = keras.layers.Rescaling(1.0 / 255)
             self.backbone = backbone
@@ -177,10 +214,7 @@ def build_baseline(keras, keras_pcl):
             return self.head(self.backbone(x, training=training))
 
     image_shape = _image_shape()
-    model = Baseline(
-        keras_pcl.backbones.CIFARResNet(depth=FLAGS.depth, input_shape=image_shape),
-        FLAGS.num_classes,
-    )
+    model = Baseline(build_backbone(keras_pcl), FLAGS.num_classes)
     model(np.zeros((1,) + image_shape, dtype="uint8"))  # builds it
     model.compile(
         optimizer=_optimizer(keras),
@@ -243,6 +277,11 @@ def main(argv):
 
     backend = keras.backend.backend()
     keras.config.set_image_data_format(FLAGS.data_format)
+    if FLAGS.backbone and FLAGS.backbone not in keras_pcl.backbones.names():
+        raise app.UsageError(
+            f"--backbone must be one of {keras_pcl.backbones.names()}. "
+            f"Received: --backbone={FLAGS.backbone}"
+        )
     threads = _configure_threads(backend)
     keras.utils.set_random_seed(FLAGS.seed)
 
@@ -297,7 +336,9 @@ def main(argv):
         "warmup_steps": warmup_steps,
         "repeats": FLAGS.repeats,
         "num_peers": FLAGS.num_peers,
-        "depth": FLAGS.depth,
+        "backbone": FLAGS.backbone or f"cifar_resnet{FLAGS.depth}",
+        "depth": FLAGS.depth if not FLAGS.backbone else None,
+        "image_size": _image_size(),
         "num_classes": FLAGS.num_classes,
         "jit_compile": FLAGS.jit_compile,
         "resolved_jit_compile": {

@@ -1,9 +1,47 @@
-"""Cutting a functional backbone into a shared trunk and a peer head."""
+"""Cutting a functional backbone into a shared trunk and a peer head.
+
+Policies for backbones that users bring (documented in `docs/backbones.md`):
+
+* A split must cut the graph in one tensor: the output of the split layer is
+  the only tensor that the layers after it read from the layers before it.
+  `split_candidates` lists the layers for which this holds.
+* A split must name a top-level layer. A layer inside a nested model (e.g. a
+  `keras.applications` model called as a layer of a bigger model) is refused
+  with a message that says how to flatten the backbone; splitting at the
+  nested model itself works.
+* The backbone must end in features. A final dense classifier (a `Dense`
+  layer with linear, softmax or sigmoid activation, or a softmax/sigmoid
+  layer) is refused by `check_backbone` with the name of the layer to cut
+  at, instead of silently stacking a second classifier on it.
+* For the common `keras.applications` families, `recommended_split` knows the
+  layer that starts the last stage (`APPLICATION_SPLITS`); errors quote it.
+"""
 
 import copy
 import difflib
+import re
 
 import keras
+
+# keras.applications families: (family, model-name pattern, pattern of the
+# layer that ends the second-to-last stage; the last match is used). Each
+# name is checked to exist and to cut the graph by tests/splitting_test.py
+# (ResNet50, MobileNetV2, EfficientNetB0) and benchmarks/backbone_table.py
+# (all of them).
+APPLICATION_SPLITS = (
+    ("ResNet50/101/152", r"resnet(50|101|152)", r"conv4_block\d+_out"),
+    ("MobileNetV2", r"mobilenetv2_.*", r"block_12_add"),
+    ("EfficientNetB0-B7", r"efficientnetb[0-7]", r"block5[a-z]_add"),
+    ("DenseNet121/169/201", r"densenet(121|169|201)", r"pool4_pool"),
+    ("VGG16/VGG19", r"vgg(16|19)", r"block4_pool"),
+)
+
+_APPLICATION_HINT = (
+    "For keras.applications models (include_top=False, pooling='avg'), the "
+    "last stage starts after: ResNet50 'conv4_block6_out', ResNet101 "
+    "'conv4_block23_out', MobileNetV2 'block_12_add', EfficientNetB0 "
+    "'block5c_add', DenseNet121 'pool4_pool', VGG16 'block4_pool'."
+)
 
 
 def split_backbone(backbone, split_at):
@@ -21,19 +59,47 @@ def split_backbone(backbone, split_at):
         `split tensor -> features`. They share layers with `backbone`.
 
     Raises:
-        ValueError: if `split_at` is not a layer of `backbone`, names its
-            input or last layer, or does not cut the graph in one tensor.
+        ValueError: if `backbone` fails `check_backbone` (e.g. it ends in a
+            classifier), if `split_at` is not a top-level layer of
+            `backbone` (a layer inside a nested model gets a message on how
+            to flatten it), names its input or last layer, or does not cut
+            the graph in one tensor. Messages list the valid split layers
+            and, where known, `recommended_split(backbone)`.
+
+    Example:
+
+    >>> from keras_pcl.backbones import CIFARResNet
+    >>> trunk, head = split_backbone(CIFARResNet(depth=8), "stage2_block1_out")
+    >>> head.output.shape
+    (None, 64)
     """
     check_backbone(backbone)
     names = [layer.name for layer in backbone.layers]
     if not isinstance(split_at, str) or split_at not in names:
+        path = _nested_path(backbone, split_at) if isinstance(split_at, str) else None
+        if path:
+            outer = path[0]
+            raise ValueError(
+                f"Layer '{split_at}' is inside the nested model '{outer}' "
+                f"(path {'/'.join(path)}), and a split must be a top-level "
+                "layer of the backbone. Either split at the nested model "
+                f"itself (split_at={outer!r}: all of it is shared), or "
+                "flatten the backbone: build it on the nested model's "
+                "tensors instead of calling the model as a layer, e.g. "
+                f"`inner = backbone.get_layer({outer!r})`, apply the layers "
+                "that follow it to `inner.output`, and make "
+                "`keras.Model(inner.input, features)` (for keras.applications: "
+                "`base = keras.applications.X(include_top=False, ...)`, then "
+                "`keras.Model(base.input, f(base.output))`). "
+                f"Received: split_at={split_at!r}"
+            )
         candidates = split_candidates(backbone)
         close = difflib.get_close_matches(str(split_at), candidates, n=5)
         hint = f" Close matches: {close}." if close else ""
         raise ValueError(
             f"`split_at` must name a layer of the backbone "
-            f"'{backbone.name}'.{hint} Valid split layers: "
-            f"{_abbreviate(candidates)}. Received: split_at={split_at!r}"
+            f"'{backbone.name}'.{hint}{_recommendation(backbone)} Valid split "
+            f"layers: {_abbreviate(candidates)}. Received: split_at={split_at!r}"
         )
     layer = backbone.get_layer(split_at)
     if isinstance(layer, keras.layers.InputLayer):
@@ -43,7 +109,7 @@ def split_backbone(backbone, split_at):
             f"{_abbreviate(split_candidates(backbone))}. "
             f"Received: split_at={split_at!r}"
         )
-    split_tensor = _single_output(layer, split_at)
+    split_tensor = _single_output(layer, split_at, _graph_outputs(backbone))
     if any(split_tensor is out for out in backbone.outputs):
         raise ValueError(
             f"`split_at` names the backbone's last layer, which leaves "
@@ -57,7 +123,8 @@ def split_backbone(backbone, split_at):
             "one tensor: a layer after it also reads a tensor from before it "
             "(e.g. a residual connection that crosses the split). Split at "
             "the end of a block instead: "
-            f"{_abbreviate(split_candidates(backbone))}. "
+            f"{_abbreviate(split_candidates(backbone))}."
+            f"{_recommendation(backbone)} "
             f"Received: split_at={split_at!r}"
         )
     trunk = keras.Model(backbone.inputs[0], split_tensor, name="trunk")
@@ -84,20 +151,84 @@ def split_candidates(backbone):
     True
     """
     check_backbone(backbone)
+    final = backbone.outputs[0]
+    graph_outputs = _graph_outputs(backbone)
     candidates = []
-    for layer in backbone.layers[1:-1]:
+    # `Sequential.layers` has no InputLayer: skip inputs by type, not index.
+    for layer in backbone.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        outputs = _layer_outputs(layer)
-        if len(outputs) != 1:
+        outputs = _layer_outputs(layer, graph_outputs)
+        if len(outputs) != 1 or outputs[0] is final:
             continue
         if _separates(backbone, outputs[0]):
             candidates.append(layer.name)
     return candidates
 
 
+def recommended_split(backbone):
+    """The layer that starts the backbone's last stage, when it is known.
+
+    That is where spec section 6 branches the peers. Known are the built-in
+    backbones (their `default_split_at`) and the `keras.applications`
+    families of `APPLICATION_SPLITS` under their default model names
+    (ResNet50/101/152, MobileNetV2, EfficientNetB0-B7, DenseNet121/169/201,
+    VGG16/19). For other backbones pick one of `split_candidates(backbone)`.
+
+    Args:
+        backbone: a built functional `keras.Model`.
+
+    Returns:
+        A layer name that is a valid `split_at`, or None.
+
+    Example:
+
+    >>> import keras
+    >>> base = keras.applications.MobileNetV2(
+    ...     weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
+    ... )
+    >>> recommended_split(base)
+    'block_12_add'
+    """
+    check_backbone(backbone)
+    default = getattr(backbone, "default_split_at", None)
+    if default is not None:
+        return default
+    for _, model_pattern, layer_pattern in APPLICATION_SPLITS:
+        if not re.fullmatch(model_pattern, backbone.name):
+            continue
+        matches = [
+            layer for layer in backbone.layers
+            if re.fullmatch(layer_pattern, layer.name)
+        ]
+        if matches:
+            outputs = _layer_outputs(matches[-1], _graph_outputs(backbone))
+            if len(outputs) == 1 and _separates(backbone, outputs[0]):
+                return matches[-1].name
+    return None
+
+
 def check_backbone(backbone):
-    """Raises a clear error unless `backbone` is a built functional model."""
+    """Raises a clear error unless `backbone` is a usable PCL backbone.
+
+    That is a built functional `keras.Model` (or a `Sequential` model with an
+    `Input`) with one image input and one output of shape `(batch, features)`
+    that is not a classifier: a final `Dense` layer with linear, softmax or
+    sigmoid activation, or a final softmax/sigmoid layer, is refused (drop
+    it, or end the model with `keras.layers.Identity` if it really computes
+    features).
+
+    Args:
+        backbone: the model to check.
+
+    Raises:
+        ValueError: naming what is wrong and how to fix it.
+
+    Example:
+
+    >>> from keras_pcl.backbones import CIFARResNet
+    >>> check_backbone(CIFARResNet(depth=8))  # no error
+    """
     if not isinstance(backbone, keras.Model):
         raise ValueError(
             "`backbone` must be a functional `keras.Model` from images to a "
@@ -128,6 +259,22 @@ def check_backbone(backbone):
             "(batch, features), e.g. with `GlobalAveragePooling2D()`; for "
             "`keras.applications` models pass `include_top=False, "
             f"pooling='avg'`. Received: output shape {outputs[0].shape}"
+        )
+    classifier = _final_classifier(outputs[0])
+    if classifier is not None:
+        layer, description, features = classifier
+        raise ValueError(
+            "`backbone` must end in features, but it ends in a classifier: "
+            f"layer '{layer.name}' ({description}). PeerCollaborativeModel "
+            "adds its own classifiers and would stack a second one on it. "
+            "Drop it: `keras.Model(backbone.input, "
+            f"backbone.get_layer({features!r}).output)`; for "
+            "keras.applications models pass `include_top=False, "
+            "pooling='avg'`. If that layer really computes features, end "
+            "the backbone with `keras.layers.Identity(name='features')` "
+            f"after it. Received: backbone={backbone.name!r} whose output "
+            f"layer is {outputs[0]._keras_history.operation.__class__.__name__}"
+            f"(name={outputs[0]._keras_history.operation.name!r})"
         )
 
 
@@ -167,17 +314,109 @@ def fresh_clone(model, name):
     return keras.Model(clone.inputs[0], clone.outputs[0], name=name)
 
 
-def _layer_outputs(layer):
-    output = layer.output
-    return list(output) if isinstance(output, (list, tuple)) else [output]
+_CLASSIFIER_ACTIVATIONS = ("linear", "softmax", "sigmoid", "log_softmax")
 
 
-def _single_output(layer, name):
-    outputs = _layer_outputs(layer)
+def _activation_name(function):
+    return getattr(function, "__name__", str(function))
+
+
+def _final_classifier(output):
+    """`(layer, description, features layer name)` if `output` is logits."""
+    layer = output._keras_history.operation
+    if isinstance(layer, keras.layers.Dense):
+        activation = _activation_name(layer.activation)
+        if activation not in _CLASSIFIER_ACTIVATIONS:
+            return None
+        description = f"Dense with activation {activation!r}"
+    elif isinstance(layer, keras.layers.Softmax) or (
+        isinstance(layer, keras.layers.Activation)
+        and _activation_name(layer.activation) in _CLASSIFIER_ACTIVATIONS[1:]
+    ):
+        # Probabilities; the classifier is the dense layer before, if any.
+        (previous,) = _inbound_tensors(output)[:1] or (None,)
+        if previous is None:
+            return None
+        dense = previous._keras_history.operation
+        description = f"{layer.__class__.__name__} giving probabilities"
+        if isinstance(dense, keras.layers.Dense):
+            description = (
+                f"Dense followed by {layer.__class__.__name__} '{layer.name}'"
+            )
+            layer, output = dense, previous
+    else:
+        return None
+    inputs = _inbound_tensors(output)
+    if len(inputs) != 1:
+        return None
+    return layer, description, inputs[0]._keras_history.operation.name
+
+
+def _inbound_tensors(tensor):
+    operation, node_index, _ = tensor._keras_history
+    return list(operation._inbound_nodes[node_index].input_tensors)
+
+
+def _nested_path(model, name):
+    """Names from `model`'s top-level layer down to layer `name`, or None."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if any(inner.name == name for inner in layer.layers):
+                return [layer.name, name]
+            path = _nested_path(layer, name)
+            if path:
+                return [layer.name] + path
+    return None
+
+
+def _recommendation(backbone):
+    split = recommended_split(backbone)
+    if split is not None:
+        return (
+            f" The recommended split for this backbone (where its last "
+            f"stage begins) is {split!r}."
+        )
+    return " " + _APPLICATION_HINT
+
+
+def _graph_outputs(backbone):
+    """`id(layer) -> [output tensors of its calls in backbone's graph]`.
+
+    Not `layer.output`: for a nested model that is the output of its own
+    inner graph, not of its call in the backbone.
+    """
+    outputs = {}
+    seen = set()
+    stack = list(backbone.outputs)
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = tensor._keras_history
+        node = operation._inbound_nodes[node_index]
+        calls = outputs.setdefault(id(operation), [])
+        if not any(id(node) == id(n) for n, _ in calls):
+            calls.append((node, list(node.output_tensors)))
+        stack.extend(node.input_tensors)
+    return outputs
+
+
+def _layer_outputs(layer, graph_outputs):
+    calls = graph_outputs.get(id(layer), [])
+    if len(calls) != 1:
+        # Not in the graph, or called more than once: no single output.
+        return []
+    return calls[0][1]
+
+
+def _single_output(layer, name, graph_outputs):
+    outputs = _layer_outputs(layer, graph_outputs)
     if len(outputs) != 1:
         raise ValueError(
-            f"`split_at` must name a layer with a single output. Layer "
-            f"'{name}' has {len(outputs)}. Received: split_at={name!r}"
+            f"`split_at` must name a layer called once with a single output. "
+            f"Layer '{name}' has {len(outputs) or 'no single'} output"
+            f"{'' if len(outputs) == 1 else 's'}. Received: split_at={name!r}"
         )
     return outputs[0]
 

@@ -1,15 +1,50 @@
-"""Backbones for `PeerCollaborativeModel`: functional models, images -> features."""
+"""Backbones for `PeerCollaborativeModel`: functional models, images -> features.
 
+Built-in networks of the paper's tables (spec section 6), each with a
+`default_split_at`: select them by name with `get(name, **kwargs)` (see
+`names()`), or build them from their classes. Any other functional model works
+too; `split_candidates(model)` lists its valid split layers and
+`recommended_split(model)` the start of its last stage when known.
+"""
+
+from keras_pcl.backbones.cifar_bottleneck_resnet import CIFARBottleneckResNet
+from keras_pcl.backbones.cifar_bottleneck_resnet import resnet110
 from keras_pcl.backbones.cifar_resnet import CIFARResNet
 from keras_pcl.backbones.cifar_resnet import resnet20
 from keras_pcl.backbones.cifar_resnet import resnet32
 from keras_pcl.backbones.cifar_resnet import resnet56
+from keras_pcl.backbones.densenet import CIFARDenseNet
+from keras_pcl.backbones.densenet import densenet40_12
+from keras_pcl.backbones.imagenet_resnet import ImageNetResNet
+from keras_pcl.backbones.imagenet_resnet import resnet18
+from keras_pcl.backbones.registry import BACKBONES
+from keras_pcl.backbones.registry import get
+from keras_pcl.backbones.registry import names
+from keras_pcl.backbones.vgg import VGG16BN
+from keras_pcl.backbones.vgg import vgg16
+from keras_pcl.backbones.wide_resnet import WideResNet
+from keras_pcl.backbones.wide_resnet import wrn20_8
+from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_candidates
 
 __all__ = [
+    "BACKBONES",
+    "CIFARBottleneckResNet",
+    "CIFARDenseNet",
     "CIFARResNet",
+    "ImageNetResNet",
+    "VGG16BN",
+    "WideResNet",
+    "densenet40_12",
+    "get",
+    "names",
+    "recommended_split",
+    "resnet110",
+    "resnet18",
     "resnet20",
     "resnet32",
     "resnet56",
     "split_candidates",
+    "vgg16",
+    "wrn20_8",
 ]

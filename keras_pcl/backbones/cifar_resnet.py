@@ -5,20 +5,23 @@ OKDDip): a 3x3 stem of 16 channels, three stages of `n` basic blocks with
 16/32/64 channels, stride 2 at the start of stages 2 and 3 with a
 1x1-convolution + batch-norm projection shortcut, global average pooling.
 Depth 32 (n=5) is the paper's ResNet-32. The bottleneck ResNet-110 of the
-paper's tables is a different network.
+paper's tables is a different network
+(`keras_pcl.backbones.CIFARBottleneckResNet`).
+
+Weight decay: the paper trains with PyTorch's SGD `weight_decay=5e-4`, which
+adds `5e-4 * w` to every gradient before momentum. Pass
+`kernel_regularizer=keras.regularizers.L2(5e-4 / 2)`: its gradient is the same
+`5e-4 * w` on every convolution kernel, and it goes through momentum exactly
+like PyTorch's (see `docs/backbones.md` for why the optimizer's decoupled
+`weight_decay` is not the same thing).
 """
 
 import keras
 from keras import layers
 
+from keras_pcl.backbones.common import conv_initializer
+
 STAGE_WIDTHS = (16, 32, 64)
-
-
-def conv_initializer():
-    """He-normal (fan-out, untruncated), as PyTorch's `kaiming_normal_`."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
-    )
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")

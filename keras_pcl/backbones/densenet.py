@@ -1,0 +1,177 @@
+"""DenseNet-BC for CIFAR: the paper's DenseNet-40-12.
+
+Defined as in the online-distillation code that PCL compares with (spec
+section 6, BC variant = bottleneck layers + compression 0.5): a 3x3 stem of
+`2 * growth_rate` channels; three dense blocks of `n = (depth - 4) / 6`
+layers, each layer BN-ReLU-1x1 conv (`4 * growth_rate`)-BN-ReLU-3x3 conv
+(`growth_rate`) whose output is concatenated to its input; between blocks a
+transition BN-ReLU-1x1 conv (half the channels, rounded down)-2x2 average
+pooling; after the last block BN-ReLU and global average pooling. Every
+convolution is bias-free. DenseNet-40-12 has 24 -> 96 -> 48 -> 120 -> 60 ->
+132 channels, so 132 features.
+
+The PCL split is after the second transition (`default_split_at =
+"transition2_pool"`): each peer owns dense block 3, the final BN-ReLU and
+the pooling.
+
+Weight decay: pass `kernel_regularizer=keras.regularizers.L2(5e-4 / 2)` to
+reproduce the paper's PyTorch SGD `weight_decay=5e-4` on every convolution
+kernel (see `docs/backbones.md`).
+"""
+
+import keras
+from keras import layers
+
+from keras_pcl.backbones.common import batch_norm
+from keras_pcl.backbones.common import channel_axis
+from keras_pcl.backbones.common import check_data_format
+from keras_pcl.backbones.common import check_input_shape
+from keras_pcl.backbones.common import conv2d
+
+BOTTLENECK_EXPANSION = 4
+COMPRESSION = 0.5
+
+
+@keras.saving.register_keras_serializable(package="keras_pcl")
+class CIFARDenseNet(keras.Model):
+    """CIFAR DenseNet-BC of depth `6n + 4`, as a PCL backbone.
+
+    A functional model from images to the pooled feature vector. Its
+    recommended PCL split is the end of the second transition
+    (`default_split_at`), so each peer owns dense block 3.
+
+    Args:
+        depth: int of the form `6n + 4` (10, 16, ..., 40, ..., 100, ...).
+        growth_rate: int >= 1, channels added by each dense layer.
+        input_shape: shape of one image, `(height, width, channels)`, or
+            `(channels, height, width)` with `data_format="channels_first"`.
+        kernel_regularizer: optional regularizer for every convolution
+            kernel; `keras.regularizers.L2(5e-4 / 2)` reproduces the paper's
+            SGD weight decay of 5e-4.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        name: model name; defaults to `densenet{depth}_{growth_rate}`.
+
+    Example:
+
+    >>> backbone = CIFARDenseNet(depth=40, growth_rate=12)
+    >>> backbone.output.shape, backbone.default_split_at
+    ((None, 132), 'transition2_pool')
+    """
+
+    def __init__(
+        self,
+        depth=40,
+        growth_rate=12,
+        input_shape=(32, 32, 3),
+        kernel_regularizer=None,
+        data_format=None,
+        name=None,
+        **kwargs,
+    ):
+        if (
+            isinstance(depth, bool)
+            or not isinstance(depth, int)
+            or depth < 10
+            or (depth - 4) % 6 != 0
+        ):
+            raise ValueError(
+                "`depth` must be an int of the form 6n + 4 with n >= 1 "
+                f"(10, 16, ..., 40, ...). Received: depth={depth!r}"
+            )
+        if (
+            isinstance(growth_rate, bool)
+            or not isinstance(growth_rate, int)
+            or growth_rate < 1
+        ):
+            raise ValueError(
+                "`growth_rate` must be an int >= 1. "
+                f"Received: growth_rate={growth_rate!r}"
+            )
+        data_format = check_data_format(data_format)
+        input_shape = check_input_shape(input_shape, data_format, min_size=4)
+        layers_per_block = (depth - 4) // 6
+        regularizer = keras.regularizers.get(kernel_regularizer)
+        axis = channel_axis(data_format)
+
+        inputs = keras.Input(shape=input_shape, name="images")
+        x = conv2d(2 * growth_rate, 3, 1, regularizer, data_format, "stem_conv")(
+            inputs
+        )
+        for block in (1, 2, 3):
+            for i in range(1, layers_per_block + 1):
+                x = dense_layer(
+                    x, growth_rate, regularizer, data_format, f"block{block}_layer{i}"
+                )
+            if block < 3:
+                channels = int(x.shape[axis] * COMPRESSION)
+                name_ = f"transition{block}"
+                x = batch_norm(data_format, f"{name_}_bn")(x)
+                x = layers.ReLU(name=f"{name_}_relu")(x)
+                x = conv2d(channels, 1, 1, regularizer, data_format, f"{name_}_conv")(x)
+                x = layers.AveragePooling2D(
+                    2, data_format=data_format, name=f"{name_}_pool"
+                )(x)
+        x = batch_norm(data_format, "final_bn")(x)
+        x = layers.ReLU(name="final_relu")(x)
+        outputs = layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool"
+        )(x)
+        super().__init__(
+            inputs=inputs,
+            outputs=outputs,
+            name=name or f"densenet{depth}_{growth_rate}",
+            **kwargs,
+        )
+        self.depth = depth
+        self.growth_rate = growth_rate
+        self.image_shape = input_shape
+        self.kernel_regularizer = regularizer
+        self.data_format = data_format
+        self.default_split_at = "transition2_pool"
+
+    def get_config(self):
+        return {
+            "depth": self.depth,
+            "growth_rate": self.growth_rate,
+            "input_shape": self.image_shape,
+            "kernel_regularizer": keras.regularizers.serialize(
+                self.kernel_regularizer
+            ),
+            "data_format": self.data_format,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def dense_layer(x, growth_rate, regularizer, data_format, name):
+    """BN-ReLU-1x1 conv-BN-ReLU-3x3 conv, concatenated after its input."""
+    y = batch_norm(data_format, f"{name}_bn1")(x)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = conv2d(
+        BOTTLENECK_EXPANSION * growth_rate, 1, 1, regularizer, data_format, f"{name}_conv1"
+    )(y)
+    y = batch_norm(data_format, f"{name}_bn2")(y)
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    y = conv2d(growth_rate, 3, 1, regularizer, data_format, f"{name}_conv2")(y)
+    return layers.Concatenate(axis=channel_axis(data_format), name=f"{name}_concat")(
+        [x, y]
+    )
+
+
+def densenet40_12(**kwargs):
+    """The paper's DenseNet-40-12 (BC). See `CIFARDenseNet`.
+
+    Args:
+        **kwargs: passed to `CIFARDenseNet`.
+
+    Example:
+
+    >>> densenet40_12().output.shape
+    (None, 132)
+    """
+    return CIFARDenseNet(depth=40, growth_rate=12, **kwargs)

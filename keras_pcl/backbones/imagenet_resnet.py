@@ -1,0 +1,161 @@
+"""ImageNet ResNet-18 (and ResNet-34), torchvision's definition.
+
+Spec section 6: a 7x7 stride-2 stem of 64 channels with BN-ReLU and 3x3
+stride-2 max pooling, four stages of basic blocks (2/2/2/2 for ResNet-18,
+3/4/6/3 for ResNet-34) of 64/128/256/512 channels, stride 2 at the start of
+stages 2-4 with a 1x1-convolution + BN projection shortcut, global average
+pooling to 512 features. Strided layers pad explicitly, symmetrically, like
+PyTorch (`ZeroPadding2D` then `padding="valid"`) rather than Keras' `"same"`,
+which pads only at the bottom/right for even inputs: the sampling grid is
+torchvision's. With a 1000-class classifier the network has torchvision's
+11,689,512 (ResNet-18) parameters, plus Keras' BN moving statistics.
+
+The PCL split is the end of stage 3 (`default_split_at = "stage3_block2_out"`
+for ResNet-18): each peer owns stage 4.
+
+Weight decay: the paper uses PyTorch SGD `weight_decay=1e-4` on ImageNet;
+pass `kernel_regularizer=keras.regularizers.L2(1e-4 / 2)` (see
+`docs/backbones.md`).
+"""
+
+import keras
+from keras import layers
+
+from keras_pcl.backbones.common import batch_norm
+from keras_pcl.backbones.common import channel_axis
+from keras_pcl.backbones.common import check_data_format
+from keras_pcl.backbones.common import check_input_shape
+from keras_pcl.backbones.common import conv2d
+
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+@keras.saving.register_keras_serializable(package="keras_pcl")
+class ImageNetResNet(keras.Model):
+    """ImageNet ResNet-18/34 (basic blocks), as a PCL backbone.
+
+    A functional model from images to the pooled 512-dimensional feature
+    vector. Its recommended PCL split is the end of stage 3
+    (`default_split_at`), so each peer owns stage 4.
+
+    Args:
+        depth: 18 or 34.
+        input_shape: shape of one image; `(224, 224, 3)` by default. Any
+            height and width >= 32 work (the network downsamples 32x).
+        kernel_regularizer: optional regularizer for every convolution
+            kernel; `keras.regularizers.L2(1e-4 / 2)` reproduces the paper's
+            ImageNet SGD weight decay of 1e-4.
+        data_format: `"channels_last"` or `"channels_first"`; defaults to
+            `keras.config.image_data_format()`.
+        name: model name; defaults to `resnet{depth}`.
+
+    Example:
+
+    >>> backbone = ImageNetResNet(depth=18)
+    >>> backbone.output.shape, backbone.default_split_at
+    ((None, 512), 'stage3_block2_out')
+    """
+
+    def __init__(
+        self,
+        depth=18,
+        input_shape=(224, 224, 3),
+        kernel_regularizer=None,
+        data_format=None,
+        name=None,
+        **kwargs,
+    ):
+        if isinstance(depth, bool) or depth not in BLOCKS:
+            raise ValueError(
+                f"`depth` must be one of {sorted(BLOCKS)}. Received: depth={depth!r}"
+            )
+        data_format = check_data_format(data_format)
+        input_shape = check_input_shape(input_shape, data_format, min_size=32)
+        regularizer = keras.regularizers.get(kernel_regularizer)
+
+        inputs = keras.Input(shape=input_shape, name="images")
+        x = layers.ZeroPadding2D(3, data_format=data_format, name="stem_pad")(inputs)
+        x = conv2d(64, 7, 2, regularizer, data_format, "stem_conv", padding="valid")(x)
+        x = batch_norm(data_format, "stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+        # Zero padding before max pooling equals PyTorch's -inf padding here:
+        # the inputs are ReLU outputs, >= 0.
+        x = layers.ZeroPadding2D(1, data_format=data_format, name="stem_pool_pad")(x)
+        x = layers.MaxPooling2D(
+            3, strides=2, data_format=data_format, name="stem_pool"
+        )(x)
+        for stage, (blocks, width) in enumerate(
+            zip(BLOCKS[depth], STAGE_WIDTHS), start=1
+        ):
+            for block in range(1, blocks + 1):
+                stride = 2 if (stage > 1 and block == 1) else 1
+                x = basic_block(
+                    x, width, stride, regularizer, data_format,
+                    name=f"stage{stage}_block{block}",
+                )
+        outputs = layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool"
+        )(x)
+        super().__init__(
+            inputs=inputs, outputs=outputs, name=name or f"resnet{depth}", **kwargs
+        )
+        self.depth = depth
+        self.image_shape = input_shape
+        self.kernel_regularizer = regularizer
+        self.data_format = data_format
+        self.default_split_at = f"stage3_block{BLOCKS[depth][2]}_out"
+
+    def get_config(self):
+        return {
+            "depth": self.depth,
+            "input_shape": self.image_shape,
+            "kernel_regularizer": keras.regularizers.serialize(
+                self.kernel_regularizer
+            ),
+            "data_format": self.data_format,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def basic_block(x, width, stride, regularizer, data_format, name):
+    """Two 3x3 conv-BN layers with an identity or projection shortcut."""
+    if stride == 1:
+        y = conv2d(width, 3, 1, regularizer, data_format, f"{name}_conv1")(x)
+    else:
+        y = layers.ZeroPadding2D(1, data_format=data_format, name=f"{name}_pad1")(x)
+        y = conv2d(
+            width, 3, stride, regularizer, data_format, f"{name}_conv1",
+            padding="valid",
+        )(y)
+    y = batch_norm(data_format, f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = conv2d(width, 3, 1, regularizer, data_format, f"{name}_conv2")(y)
+    y = batch_norm(data_format, f"{name}_bn2")(y)
+    shortcut = x
+    if stride != 1 or x.shape[channel_axis(data_format)] != width:
+        shortcut = conv2d(
+            width, 1, stride, regularizer, data_format, f"{name}_shortcut_conv"
+        )(x)
+        shortcut = batch_norm(data_format, f"{name}_shortcut_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def resnet18(**kwargs):
+    """ImageNet ResNet-18 (224x224 by default). See `ImageNetResNet`.
+
+    Args:
+        **kwargs: passed to `ImageNetResNet`.
+
+    Example:
+
+    >>> resnet18(input_shape=(64, 64, 3)).output.shape
+    (None, 512)
+    """
+    return ImageNetResNet(depth=18, **kwargs)
