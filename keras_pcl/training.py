@@ -35,9 +35,9 @@ class TrainConfig:
     """Everything `train` needs; the example scripts' flags map onto it.
 
     Args:
-        dataset: `"cifar10"`, `"cifar100"` (tfds), `"imagenet2012"` (tfds,
-            manual download), or the path of an image folder (one
-            sub-folder per class).
+        dataset: `"digits"` (scikit-learn's, offline), `"cifar10"`,
+            `"cifar100"` (tfds), `"imagenet2012"` (tfds, manual download),
+            or the path of an image folder (one sub-folder per class).
         data_dir: tfds data folder (default: tfds' own).
         download: let tfds download the dataset if it is missing.
         backbone: a name of `keras_pcl.backbones.names()`, or `resnetD`
@@ -61,7 +61,8 @@ class TrainConfig:
         host_augmentation: augment on the host (`tf.data`, one view per
             peer) instead of inside the training step.
         image_size: image folders: resize every image to this size
-            (None: all images must already share one size).
+            (None: all images must already share one size); digits: the
+            upsampled size (default 32).
         seed: seeds the split, the shuffle, the initialisation and the
             augmentation.
         deterministic: enable op determinism (exact resume; slower).
@@ -186,7 +187,7 @@ def config_from_flags(flag_values=None):
 
 
 FIELD_HELP = {
-    "dataset": "cifar10, cifar100, imagenet2012 (tfds) or the path of an image folder.",
+    "dataset": "digits (offline), cifar10, cifar100, imagenet2012 (tfds) or the path of an image folder.",
     "data_dir": "tfds data folder (default: tfds' own).",
     "download": "Let tfds download the dataset if it is missing (needs internet).",
     "backbone": "A built-in backbone name (keras_pcl.backbones.names()) or resnetD, D = 6n + 2.",
@@ -443,13 +444,16 @@ def load_data(config):
             **common,
         )
     unbatched = dict(batch_size=None, shuffle=False, **common)
+    if config.dataset == "digits":
+        size = config.image_size[0] if config.image_size else 32
+        return data.digits(image_size=size, **unbatched)
     if config.dataset in ("cifar10", "cifar100"):
         loader = getattr(data, config.dataset)
         return loader(data_dir=config.data_dir, download=config.download, **unbatched)
     if os.path.isdir(config.dataset):
         return data.image_folder(config.dataset, image_size=config.image_size, **unbatched)
     raise ValueError(
-        "`dataset` must be 'cifar10', 'cifar100', 'imagenet2012' or the path "
+        "`dataset` must be 'digits', 'cifar10', 'cifar100', 'imagenet2012' or the path "
         f"of an image folder (one sub-folder per class); no directory "
         f"{config.dataset!r} exists. Received: dataset={config.dataset!r}"
     )
@@ -473,7 +477,14 @@ def training_stream(examples, config, steps_per_epoch):
     # The decoded examples are in memory already; as two tensors they can be
     # gathered in any order without iterating the dataset.
     images, labels = examples.batch(num_examples).get_single_element()
-    view_fn = data.view_function("default") if config.host_augmentation else None
+    view_fn = None
+    if config.host_augmentation and config.dataset == "digits":  # No flips.
+        from keras_pcl.data.digits import random_shift
+
+        padding = max(1, int(examples.element_spec[0].shape[0]) // 8)
+        view_fn = lambda image, seed: random_shift(image, seed, padding)  # noqa: E731
+    elif config.host_augmentation:
+        view_fn = data.view_function("default")
     batch_size = config.batch_size
 
     def epoch_batches(epoch):
@@ -591,7 +602,7 @@ def train(config, callbacks=()):
             backbone,
             num_classes=len(splits.class_names),
             num_peers=config.num_peers,
-            augmentation=None if config.host_augmentation else "default",
+            augmentation=_in_model_augmentation(config, image_shape),
             preprocessing=keras_pcl.data.normalization_layer((mean, std)),
             temperature=config.temperature,
             ema_decay=config.ema_decay,
@@ -699,6 +710,16 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
         self._restored = True
         super().on_train_begin(logs)
         self.model._initial_epoch = None  # Set by the parent; `train` decides.
+
+
+def _in_model_augmentation(config, image_shape):
+    from keras_pcl import data
+
+    if config.host_augmentation:
+        return None
+    if config.dataset == "digits":  # Digits must not be mirrored.
+        return data.digits_augmentation(image_shape[0])
+    return "default"
 
 
 def _preprocessing_statistics(config, splits):

@@ -17,6 +17,8 @@ from keras_pcl.data.augment import view_function
 from keras_pcl.data.datasets import cifar10
 from keras_pcl.data.datasets import cifar100
 from keras_pcl.data.datasets import imagenet2012
+from keras_pcl.data.digits import digits
+from keras_pcl.data.digits import digits_augmentation
 from keras_pcl.data.folders import FolderListing
 from keras_pcl.data.folders import image_folder
 from keras_pcl.data.folders import list_image_folder
@@ -44,6 +46,8 @@ __all__ = [
     "cifar10",
     "cifar100",
     "compute_mean_std",
+    "digits",
+    "digits_augmentation",
     "image_folder",
     "imagenet2012",
     "list_image_folder",

@@ -34,23 +34,24 @@ def run(args):
     )
 
 
-def test_quickstart_trains_reports_and_saves_the_deployed_peer(tmp_path):
-    data = os.path.join(tmp_path, "images")
-    write_image_folder(data)
-    output = os.path.join(tmp_path, "deployed.keras")
-    result = run([
-        f"--data_dir={data}", "--num_train=16", "--num_val=8", "--epochs=1",
-        "--batch_size=8", "--depth=8", f"--output={output}",
-    ])
+def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
+    """The README's first command, with a shorter schedule (digits, offline)."""
+    workdir = tmp_path / "out"
+    result = run(["--epochs=2", "--steps_per_epoch=3", f"--workdir={workdir}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ["peer 0", "peer 2", "ensemble", "Deployed: mean teacher of peer"]:
-        assert row in result.stdout
-    deployed = keras.models.load_model(output)
-    logits = deployed.predict(np.zeros((2, 32, 32, 3), "uint8"), verbose=0)
-    assert logits.shape == (2, 2) and np.isfinite(logits).all()
+    out = result.stdout
+    for row in ["peer 0 (student)", "peer 2 (student)", "peer ensemble",
+                "peer 0 mean teacher", "deployed: peer", "resnet8 alone, same time"]:
+        assert row in out, row
+    assert "reloaded, it predicts the same" in out
+    percentages = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()
+                   if line.strip().endswith("%")]
+    assert len(percentages) == 9 and all(0 <= p <= 100 for p in percentages)
+    exported = workdir / ("deployed.keras" if keras.backend.backend() == "torch" else "deployed")
+    assert exported.exists()
 
 
 def test_quickstart_rejects_a_missing_folder(tmp_path):
-    result = run([f"--data_dir={tmp_path}/nowhere"])
+    result = run([f"--dataset={tmp_path}/nowhere", f"--workdir={tmp_path}/out"])
     assert result.returncode != 0
-    assert "is not a directory" in result.stderr
+    assert "no directory" in result.stderr
