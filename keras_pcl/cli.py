@@ -1,8 +1,12 @@
 """The `keras-pcl` command line.
 
+    keras-pcl train --dataset=digits --backbone=resnet8 --epochs=15 --workdir=runs/d
+    keras-pcl evaluate runs/d/pcl.keras --dataset=digits
     keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format tf_saved_model]
 
-Each subcommand wraps a library call (`export` ->
+Each subcommand wraps a library call (`train` ->
+`keras_pcl.training.train`, the job of the example scripts, with the same
+flags; `evaluate` -> `Model.evaluate` on the validation split; `export` ->
 `PeerCollaborativeModel.export_peer`). Exit codes: 0 success, 1 an error
 (printed as one line, `keras-pcl <command>: error: ...`), 2 bad usage.
 The Keras backend is the usual `KERAS_BACKEND` (TensorFlow if unset);
@@ -10,6 +14,7 @@ The Keras backend is the usual `KERAS_BACKEND` (TensorFlow if unset);
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -26,6 +31,34 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+
+    train = commands.add_parser(
+        "train",
+        help="train PCL (the example scripts' job) and export the best peer",
+        description=(
+            "Train PCL with `keras_pcl.training.train`: the flags are the "
+            "fields of `TrainConfig` (defaults: the paper's CIFAR recipe). "
+            "Rerun the same command to resume from the backup in --workdir."
+        ),
+    )
+    _add_config_arguments(train)
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="validation accuracy of a PCL checkpoint (per peer) or a network",
+        description=(
+            "Evaluate a .keras file on the validation split of a dataset: "
+            "a PCL model reports every peer, the ensemble and every mean "
+            "teacher; a plain network (e.g. from `export --format keras`) "
+            "its accuracy. Use the --validation_split and --seed of training "
+            "so that the split is the held-out one."
+        ),
+    )
+    evaluate.add_argument("checkpoint", help="a .keras file")
+    for name in ("dataset", "data_dir", "image_size", "validation_split", "seed", "batch_size"):
+        _add_field_argument(evaluate, name)
+    evaluate.set_defaults(run=run_evaluate)
 
     export = commands.add_parser(
         "export",
@@ -120,6 +153,106 @@ def run_export(args):
         f"Exported peer {index} ({kind}, {exported.count_params():,} "
         f"parameters) as {args.format} to {args.output}"
     )
+
+
+def _add_config_arguments(parser):
+    from keras_pcl.training import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        _add_field_argument(parser, field.name)
+
+
+def _add_field_argument(parser, name):
+    from keras_pcl.training import FIELD_HELP
+    from keras_pcl.training import MIXED_PRECISION
+    from keras_pcl.training import STRATEGIES
+    from keras_pcl.training import TrainConfig
+
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
+    default = getattr(TrainConfig(), name)
+    help = f"{FIELD_HELP[name]} Default: {default}"
+    choices = {"strategy": STRATEGIES, "mixed_precision": MIXED_PRECISION}.get(name)
+    if choices:
+        parser.add_argument(f"--{name}", choices=choices, default=default, help=help)
+    elif field.type in (bool, "bool"):
+        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help)
+    elif field.type in (tuple, "tuple"):
+        parser.add_argument(f"--{name}", type=_int_tuple, default=default, metavar="A,B", help=help)
+    elif field.type in (int, "int"):
+        parser.add_argument(f"--{name}", type=int, default=default, help=help)
+    elif field.type in (float, "float"):
+        parser.add_argument(f"--{name}", type=float, default=default, help=help)
+    else:
+        parser.add_argument(f"--{name}", default=default, help=help)
+
+
+def _int_tuple(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def run_train(args):
+    """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
+    from keras_pcl import training
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)}
+    try:
+        result = training.train(training.TrainConfig(**values))
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise CommandError(_first_line(error))
+    print(f"Best peer: {result['best_peer']}")
+    print(f"PCL model: {result['paths']['model']}")
+    if values["export_format"] != "none":
+        print(f"Exported best peer: {result['paths']['export']}")
+
+
+def run_evaluate(args):
+    """`keras-pcl evaluate`: accuracy on the validation split."""
+    if not os.path.isfile(args.checkpoint):
+        raise CommandError(f"checkpoint {args.checkpoint!r} does not exist or is not a file")
+    import keras
+    import numpy as np
+
+    import keras_pcl
+    from keras_pcl import training
+
+    config = training.TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+        validation_split=args.validation_split, seed=args.seed,
+    )
+    try:
+        splits = training.load_data(config)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise CommandError(_first_line(error))
+    if splits.validation is None:
+        raise CommandError("the dataset has no validation split (--validation_split is 0)")
+    validation = splits.validation
+    if config.dataset != "imagenet2012":
+        validation = validation.batch(args.batch_size)
+    try:
+        model = keras.saving.load_model(args.checkpoint)
+    except Exception as error:  # Keras raises several types for bad files.
+        raise CommandError(f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}")
+    if isinstance(model, keras_pcl.PeerCollaborativeModel):
+        scores = model.evaluate(validation, verbose=1, return_dict=True)
+        rows = [(f"peer {j} (student)", scores[f"peer_{j}_accuracy"]) for j in range(model.num_peers)]
+        rows.append(("peer ensemble", scores["ensemble_accuracy"]))
+        rows += [(f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"]) for j in range(model.num_peers)]
+        best = model.best_peer
+        if best is not None:
+            rows.append((f"best peer {best.peer} (epoch {best.epoch + 1}), mean teacher", scores[f"mean_teacher_{best.peer}_accuracy"]))
+    else:
+        correct = total = 0
+        for images, labels in validation:
+            logits = keras.ops.convert_to_numpy(model(images, training=False))
+            correct += int((np.argmax(logits, -1) == np.asarray(labels)).sum())
+            total += len(logits)
+        rows = [(model.name, correct / total)]
+    print(f"Validation accuracy on {config.dataset} ({splits.num_validation} images):")
+    for name, value in rows:
+        print(f"  {name:<44} {100 * value:5.1f}%")
 
 
 class CommandError(Exception):

@@ -115,3 +115,50 @@ def test_console_script_is_declared():
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
+
+
+def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = cli.main([
+        "train", "--dataset=digits", "--image_size=8,8", "--backbone=resnet8",
+        "--num_peers=2", "--epochs=1", "--batch_size=16", "--steps_per_epoch=1",
+        "--validation_split=0.2", f"--workdir={workdir}", "--save_freq=0",
+        "--export_format=keras", "--verbose=0",
+    ])
+    assert code == cli.EXIT_OK, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "Best peer: BestPeer(peer=" in out and "Exported best peer" in out
+
+    args = ["--dataset=digits", "--image_size=8,8", "--validation_split=0.2"]
+    assert cli.main(["evaluate", str(workdir / "pcl.keras"), *args]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "(359 images)" in out  # 20% of each digit class, rounded half up
+    for row in ["peer 0 (student)", "peer 1 (student)", "peer ensemble",
+                "peer 1 mean teacher", "best peer"]:
+        assert row in out, row
+    model = keras.saving.load_model(workdir / "pcl.keras")
+    best = model.best_peer.peer
+    pcl_row = next(l for l in out.splitlines() if f"peer {best} mean teacher" in l and "best" not in l)
+
+    assert cli.main(["evaluate", str(workdir / "export.keras"), *args]) == cli.EXIT_OK
+    plain_row = capsys.readouterr().out.strip().splitlines()[-1]
+    # The exported network is the best peer's mean teacher: same accuracy.
+    assert plain_row.split()[-1] == pcl_row.split()[-1]
+
+
+def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
+    code = cli.main(["train", "--backbone=resnet9", f"--workdir={tmp_path}/w"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and len(lines) == 1 and "resnet9" in lines[0]
+
+    code = cli.main(["train", f"--dataset={tmp_path}/nowhere", f"--workdir={tmp_path}/w"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and len(lines) == 1 and "no directory" in lines[0]
+
+    code = cli.main(["evaluate", str(tmp_path / "missing.keras")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and "does not exist" in lines[0]
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "--strategy=horovod"])
+    assert exit.value.code == cli.EXIT_USAGE

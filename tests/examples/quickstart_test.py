@@ -37,7 +37,7 @@ def run(args):
 def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     """The README's first command, with a shorter schedule (digits, offline)."""
     workdir = tmp_path / "out"
-    result = run(["--epochs=2", "--steps_per_epoch=3", f"--workdir={workdir}"])
+    result = run(["--epochs=1", "--steps_per_epoch=2", f"--workdir={workdir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for row in ["peer 0 (student)", "peer 2 (student)", "peer ensemble",
