@@ -94,22 +94,6 @@ def test_bad_usage_exits_with_code_2(capsys):
     assert exit.value.code == cli.EXIT_USAGE
 
 
-def test_console_script_runs_in_a_fresh_process(checkpoint, tmp_path):
-    path, model, _ = checkpoint
-    output = str(tmp_path / "student1.keras")
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_pcl.cli", "export", path, output,
-         "--peer", "1", "--student", "--format", "keras"],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Exported peer 1 (student" in result.stdout
-    assert keras.saving.load_model(output).count_params() == model.get_peer(
-        1, mean_teacher=False
-    ).count_params()
-
-
 def test_console_script_is_declared():
     from importlib.metadata import entry_points
 

@@ -1,5 +1,7 @@
 """`keras_pcl.training`: the example scripts' job, resuming after SIGKILL."""
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -54,17 +56,26 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
 
 def test_a_workdir_of_another_configuration_is_refused(tmp_path):
     data = str(tmp_path / "images")
-    write_image_folder(data, classes=3, per_class=12, size=8)
-    config = training.TrainConfig(
-        dataset=str(data), backbone="resnet8", num_peers=2, epochs=1, batch_size=4,
-        validation_split=0.25, workdir=str(tmp_path / "run"), save_freq=0,
-        export_format="none", steps_per_epoch=2, verbose=0,
-    )
-    result = training.train(config)
-    assert result["final_step"] == 2
-    config.lr = 0.5
+    write_image_folder(data, classes=3, per_class=8, size=8)
+    workdir = tmp_path / "run"
+    previous = training.TrainConfig(dataset=data, workdir=str(workdir), lr=0.1)
+    # What a run leaves in its workdir (see `train`'s docstring).
+    (workdir / "backup").mkdir(parents=True)
+    with open(workdir / "config.json", "w") as f:
+        json.dump(training._jsonable(dataclasses.asdict(previous)), f)
+    changed = training.TrainConfig(dataset=data, workdir=str(workdir), lr=0.5)
     with pytest.raises(ValueError, match=r"another configuration \(lr: 0.1 -> 0.5\)"):
-        training.train(config)
+        training.train(changed)
+    # Fields that may change on a resume (e.g. more epochs) are accepted
+    # up to the data: this one fails later, on the missing dataset.
+    more_epochs = training.TrainConfig(
+        dataset=str(tmp_path / "nowhere"), workdir=str(workdir), lr=0.1, epochs=400
+    )
+    more_epochs_json = training._jsonable(dataclasses.asdict(more_epochs))
+    with open(workdir / "config.json", "w") as f:
+        json.dump({**more_epochs_json, "epochs": 300}, f)
+    with pytest.raises(ValueError, match="no directory"):
+        training.train(more_epochs)
 
 
 @pytest.mark.parametrize(

@@ -126,8 +126,9 @@ SMALL = {
 # Run on torch only in CI (tests/backbones/ci_budget.py): VGG-16 and
 # ResNet-18 can't be made smaller, and their step takes 0.5-1 min to compile
 # on JAX or trace on TensorFlow; WRN is the bottleneck class of the resnet110
-# case with a width factor.
-TORCH_ONLY = ("vgg16", "resnet18", "wrn20_8")
+# case with a width factor; the basic-block CIFAR ResNet trains on every
+# backend throughout tests/model_test.py and tests/training_test.py.
+TORCH_ONLY = ("vgg16", "resnet18", "wrn20_8", "resnet20")
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -37,11 +37,14 @@ def run(args):
 def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     """The README's first command, with a shorter schedule (digits, offline)."""
     workdir = tmp_path / "out"
-    result = run(["--epochs=1", "--steps_per_epoch=2", f"--workdir={workdir}"])
+    result = run([
+        "--epochs=1", "--steps_per_epoch=2", "--baseline_seconds=1",
+        f"--workdir={workdir}",
+    ])
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for row in ["peer 0 (student)", "peer 2 (student)", "peer ensemble",
-                "peer 0 mean teacher", "deployed: peer", "resnet8 alone, same time"]:
+                "peer 0 mean teacher", "deployed: peer", "resnet8 alone, 1 s"]:
         assert row in out, row
     assert "reloaded, it predicts the same" in out
     percentages = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()
@@ -49,9 +52,3 @@ def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     assert len(percentages) == 9 and all(0 <= p <= 100 for p in percentages)
     exported = workdir / ("deployed.keras" if keras.backend.backend() == "torch" else "deployed")
     assert exported.exists()
-
-
-def test_quickstart_rejects_a_missing_folder(tmp_path):
-    result = run([f"--dataset={tmp_path}/nowhere", f"--workdir={tmp_path}/out"])
-    assert result.returncode != 0
-    assert "no directory" in result.stderr
