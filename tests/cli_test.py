@@ -1,9 +1,5 @@
 """The `keras-pcl` command line: each subcommand and its error paths."""
 
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
