@@ -1,14 +1,12 @@
-"""Training throughput of one PCL step versus the same backbone trained alone.
+"""Training throughput of every method versus the same backbone trained alone.
 
-Measures images per second of `model.fit` for
-
-* PCL: `keras_pcl.PeerCollaborativeModel(backbone, num_classes=10,
-  num_peers=m)`, and
-* the baseline: the same backbone trained alone (backbone + `Dense(10)`
-  head), with the same in-model augmentation
-  (`keras_pcl.augmentation.default_augmentation(size)`) and `Rescaling(1/255)`
-  preprocessing, sparse cross-entropy loss and an accuracy metric,
-
+Measures images per second of `model.fit` for the methods named by
+`--models` (default: `pcl` and `vanilla`; `all` for every method of
+`benchmarks/methods.py`: PCL, its three ablations, and the baselines of
+`keras_pcl.baselines`: vanilla, DML, KDCL, ONE, CL-ILR, OKDDip). Every method
+wraps the same backbone with the same in-model augmentation and
+`Rescaling(1/255)` preprocessing; `vanilla` is the backbone + `Dense(10)`
+trained alone with cross-entropy,
 both with `SGD(0.1, momentum=0.9, nesterov=True)` on uint8 inputs, on the
 backend chosen by `KERAS_BACKEND`. The backbone is `--backbone NAME`, any of
 `keras_pcl.backbones.names()` (resnet20, resnet32, resnet56, resnet110,
@@ -17,9 +15,9 @@ wrn20_8, vgg16, densenet40_12, resnet18), built by
 resnet18); without `--backbone`, `CIFARResNet(depth=--depth)` as before. Each model first runs one untimed
 `fit` call (tracing/compilation and warm-up), then `--repeats` timed `fit`
 calls of `--steps` steps each on an in-memory array, alternating between the
-two models; the reported figure is the median (the best run is reported as
-well, it is less sensitive to other load on the machine). `ratio` is PCL step
-time / baseline step time.
+models; the reported figure is the median (the best run is reported as
+well, it is less sensitive to other load on the machine). `x vanilla` is
+each method's step time / vanilla's step time (`ratio` in the JSON: PCL's).
 
 Usage:
 
@@ -29,6 +27,8 @@ Usage:
     KERAS_BACKEND=torch python benchmarks/throughput.py --threads=2
     KERAS_BACKEND=jax python benchmarks/throughput.py --backbone=resnet110 \
         --json benchmarks/results/throughput_jax_resnet110.json
+    KERAS_BACKEND=torch python benchmarks/throughput.py --models=all \
+        --depth=8 --batch_size=32
 """
 
 import json
@@ -40,6 +40,10 @@ import time
 
 from absl import app
 from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from methods import METHODS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -90,7 +94,11 @@ flags.DEFINE_enum(
     "around every convolution on torch; TF on CPU needs channels_last).",
 )
 flags.DEFINE_list(
-    "models", ["pcl", "baseline"], "Which models to time: pcl, baseline."
+    "models",
+    ["pcl", "vanilla"],
+    "Methods to time, from benchmarks/methods.py (pcl, its ablations, "
+    "vanilla, dml, kdcl, one, cl_ilr, okddip), or 'all'. 'baseline' is an "
+    "old name of vanilla.",
 )
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
@@ -177,49 +185,18 @@ def _optimizer(keras):
     return keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
 
 
-def build_pcl(keras, keras_pcl):
-    backbone = build_backbone(keras_pcl)
-    model = keras_pcl.PeerCollaborativeModel(
-        backbone, num_classes=FLAGS.num_classes, num_peers=FLAGS.num_peers
+def build_model(name, keras, keras_pcl):
+    """Method `name` of `benchmarks/methods.py` on a fresh backbone, compiled."""
+    from methods import build_method
+
+    model = build_method(
+        name,
+        build_backbone(keras_pcl),
+        num_classes=FLAGS.num_classes,
+        num_peers=FLAGS.num_peers,
     )
     model.compile(
         optimizer=_optimizer(keras),
-        jit_compile=_jit_arg(),
-        steps_per_execution=FLAGS.steps_per_execution,
-    )
-    return model
-
-
-def build_baseline(keras, keras_pcl):
-    """Backbone + Dense head, preprocessed exactly like one PCL peer."""
-    import numpy as np
-    from keras import ops
-
-    @keras.saving.register_keras_serializable(package="keras_pcl_benchmarks")
-    class Baseline(keras.Model):
-        def __init__(self, backbone, num_classes, **kwargs):
-            super().__init__(**kwargs)
-            self.augmentation = keras_pcl.augmentation.default_augmentation(
-                _image_size()
-            )
-            self.preprocessing = keras.layers.Rescaling(1.0 / 255)
-            self.backbone = backbone
-            self.head = keras.layers.Dense(num_classes, dtype="float32")
-
-        def call(self, images, training=False):
-            x = ops.cast(images, "float32")  # as PeerCollaborativeModel
-            if training:
-                x = self.augmentation(x, training=True)
-            x = self.preprocessing(x)
-            return self.head(self.backbone(x, training=training))
-
-    image_shape = _image_shape()
-    model = Baseline(build_backbone(keras_pcl), FLAGS.num_classes)
-    model(np.zeros((1,) + image_shape, dtype="uint8"))  # builds it
-    model.compile(
-        optimizer=_optimizer(keras),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
         jit_compile=_jit_arg(),
         steps_per_execution=FLAGS.steps_per_execution,
     )
@@ -295,9 +272,20 @@ def main(argv):
     x = rng.integers(0, 256, size=(n,) + _image_shape(), dtype=np.uint8)
     y = rng.integers(0, FLAGS.num_classes, size=(n,), dtype=np.int32)
 
-    builders = {"pcl": build_pcl, "baseline": build_baseline}
-    models = {name: builders[name](keras, keras_pcl) for name in FLAGS.models}
+    names = list(METHODS) if FLAGS.models == ["all"] else FLAGS.models
+    names = ["vanilla" if n == "baseline" else n for n in names]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise app.UsageError(
+            f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
+        )
+    models = {name: build_model(name, keras, keras_pcl) for name in names}
     results = time_models(models, x, y, steps, warmup_steps)
+    if "vanilla" in results:
+        for r in results.values():
+            r["ratio_to_vanilla"] = (
+                r["step_seconds"] / results["vanilla"]["step_seconds"]
+            )
     for name, r in results.items():
         print(
             f"[{backend}] {name}: {r['images_per_sec']:.1f} img/s median, "
@@ -311,24 +299,24 @@ def main(argv):
         "backend": backend,
         "batch_size": FLAGS.batch_size,
         "pcl_images_per_sec": results.get("pcl", {}).get("images_per_sec"),
-        "baseline_images_per_sec": results.get("baseline", {}).get(
+        "baseline_images_per_sec": results.get("vanilla", {}).get(
             "images_per_sec"
         ),
         "ratio": (
-            results["pcl"]["step_seconds"] / results["baseline"]["step_seconds"]
-            if "pcl" in results and "baseline" in results
+            results["pcl"]["step_seconds"] / results["vanilla"]["step_seconds"]
+            if "pcl" in results and "vanilla" in results
             else None
         ),
         "pcl_best_images_per_sec": results.get("pcl", {}).get(
             "best_images_per_sec"
         ),
-        "baseline_best_images_per_sec": results.get("baseline", {}).get(
+        "baseline_best_images_per_sec": results.get("vanilla", {}).get(
             "best_images_per_sec"
         ),
         "best_ratio": (
             results["pcl"]["best_step_seconds"]
-            / results["baseline"]["best_step_seconds"]
-            if "pcl" in results and "baseline" in results
+            / results["vanilla"]["best_step_seconds"]
+            if "pcl" in results and "vanilla" in results
             else None
         ),
         "label": FLAGS.label,
@@ -356,7 +344,7 @@ def main(argv):
         "details": results,
     }
 
-    rows = [("model", "img/s", "step s", "best img/s")]
+    rows = [("model", "img/s", "step s", "best img/s", "x vanilla")]
     for name, r in results.items():
         rows.append(
             (
@@ -364,6 +352,7 @@ def main(argv):
                 f"{r['images_per_sec']:.1f}",
                 f"{r['step_seconds']:.3f}",
                 f"{r['best_images_per_sec']:.1f}",
+                f"{r['ratio_to_vanilla']:.2f}" if "ratio_to_vanilla" in r else "-",
             )
         )
     print(
@@ -373,10 +362,10 @@ def main(argv):
         f"batch={FLAGS.batch_size} cpus={os.cpu_count()}"
     )
     for row in rows:
-        print(f"{row[0]:<10}{row[1]:>10}{row[2]:>10}{row[3]:>12}")
+        print(f"{row[0]:<24}{row[1]:>10}{row[2]:>10}{row[3]:>12}{row[4]:>11}")
     if out["ratio"] is not None:
         print(
-            f"ratio (PCL step time / baseline step time): {out['ratio']:.2f} "
+            f"ratio (PCL step time / vanilla step time): {out['ratio']:.2f} "
             f"median, {out['best_ratio']:.2f} best"
         )
 

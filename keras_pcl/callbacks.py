@@ -33,8 +33,11 @@ class BestPeerTracker(keras.callbacks.Callback):
     the backup written at the end of that epoch.
 
     Args:
-        mean_teacher: monitor (and export) the peers' mean teachers (default)
-            or, if False, the student peers (`val_peer_{j}_accuracy`).
+        mean_teacher: monitor (and export) the peers' mean teachers
+            (`val_mean_teacher_{j}_accuracy`) or, if False, the peers
+            themselves (`val_peer_{j}_accuracy`). Defaults to the mean
+            teachers for PCL and to the peers for the baselines of
+            `keras_pcl.baselines`, which have no mean teachers.
         filepath: optional path to write the best peer to whenever it
             improves, e.g. `"best_peer.keras"` or a SavedModel directory. It
             may contain `{epoch}` (1-based), `{peer}` and `{score}` fields.
@@ -55,15 +58,15 @@ class BestPeerTracker(keras.callbacks.Callback):
 
     def __init__(
         self,
-        mean_teacher=True,
+        mean_teacher=None,
         filepath=None,
         export_format="keras",
         verbose=1,
     ):
         super().__init__()
-        if not isinstance(mean_teacher, bool):
+        if mean_teacher is not None and not isinstance(mean_teacher, bool):
             raise ValueError(
-                "`mean_teacher` must be True or False. "
+                "`mean_teacher` must be True, False or None. "
                 f"Received: mean_teacher={mean_teacher!r}"
             )
         from keras_pcl.export import FORMATS
@@ -92,13 +95,22 @@ class BestPeerTracker(keras.callbacks.Callback):
         return f"val_peer_{peer}_accuracy"
 
     def on_train_begin(self, logs=None):
-        from keras_pcl.model import PeerCollaborativeModel
+        from keras_pcl.multi_branch import MultiBranchModel
 
-        if not isinstance(self.model, PeerCollaborativeModel):
+        if not isinstance(self.model, MultiBranchModel):
             raise ValueError(
                 "`BestPeerTracker` works with a "
-                "`keras_pcl.PeerCollaborativeModel`. Received: model of type "
+                "`keras_pcl.PeerCollaborativeModel` or a model of "
+                "`keras_pcl.baselines`. Received: model of type "
                 f"{type(self.model).__name__}"
+            )
+        if self.mean_teacher is None:
+            self.mean_teacher = self.model.has_mean_teachers
+        if self.mean_teacher and not self.model.has_mean_teachers:
+            raise ValueError(
+                f"{type(self.model).__name__} has no mean teachers; use "
+                "`BestPeerTracker(mean_teacher=False)` to pick the best peer. "
+                "Received: mean_teacher=True"
             )
         self._synced = False
 

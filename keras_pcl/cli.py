@@ -141,7 +141,7 @@ def run_export(args):
         exported = model.export_peer(
             args.output,
             peer=peer,
-            mean_teacher=not args.student,
+            mean_teacher=False if args.student else None,
             format=args.format,
             overwrite=args.overwrite,
         )

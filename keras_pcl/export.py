@@ -128,7 +128,7 @@ def export_peer(
     model,
     filepath,
     peer="best",
-    mean_teacher=True,
+    mean_teacher=None,
     format="tf_saved_model",
     overwrite=False,
     verbose=False,
@@ -136,14 +136,17 @@ def export_peer(
     """Writes one peer of `model` as a standalone, servable network.
 
     Args:
-        model: a `keras_pcl.PeerCollaborativeModel`.
+        model: a `keras_pcl.PeerCollaborativeModel` or a model of
+            `keras_pcl.baselines`.
         filepath: where to write: a directory for `"tf_saved_model"`, a file
             ending in `.keras`, `.onnx` or `.tflite` for the other formats.
         peer: `"best"` (the peer recorded by
             `keras_pcl.callbacks.BestPeerTracker`, see `model.best_peer`),
             `"deploy"` (`model.deploy_peer`) or an int peer index.
-        mean_teacher: export the peer's mean teacher (default, what PCL
-            deploys) or, if False, the student peer.
+        mean_teacher: export the peer's mean teacher (what PCL deploys) or,
+            if False, the student peer. Defaults to the mean teacher for
+            models that have them (PCL) and to the peer otherwise (the
+            baselines of `keras_pcl.baselines`).
         format: one of `"keras"`, `"tf_saved_model"`, `"onnx"`, `"tflite"`.
         overwrite: replace an existing `filepath`. Defaults to False.
         verbose: let Keras print what it writes.

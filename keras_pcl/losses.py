@@ -19,17 +19,22 @@ import keras
 from keras import ops
 
 
-def distillation_loss(student_logits, teacher_logits, temperature=3.0):
+def distillation_loss(
+    student_logits, teacher_logits, temperature=3.0, detach_teacher=True
+):
     """Knowledge-distillation term `KD_T(student, teacher)` of spec section 2.
 
     `T^2 * KL(softmax(teacher / T) || softmax(student / T))`, summed over
-    classes and averaged over the batch. The teacher side is under
+    classes and averaged over the batch. By default the teacher side is under
     `stop_gradient`: no gradient reaches whatever produced `teacher_logits`.
 
     Args:
         student_logits: float tensor of shape `(batch, classes)`.
         teacher_logits: float tensor of the same shape.
         temperature: positive float, the softmax temperature `T`.
+        detach_teacher: if False, the gradient of the divergence also flows
+            into `teacher_logits` (some reimplementations of the baselines
+            of spec section 9 do this; PCL never does).
 
     Returns:
         A scalar float32 tensor.
@@ -41,7 +46,9 @@ def distillation_loss(student_logits, teacher_logits, temperature=3.0):
     0.0
     """
     _check_temperature(temperature)
-    teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+    teacher = ops.cast(teacher_logits, "float32")
+    if detach_teacher:
+        teacher = ops.stop_gradient(teacher)
     student = ops.cast(student_logits, "float32")
     teacher_log_probs = ops.log_softmax(teacher / temperature, axis=-1)
     student_log_probs = ops.log_softmax(student / temperature, axis=-1)
@@ -140,6 +147,8 @@ def pcl_loss(
     mean_teacher_logits,
     temperature=3.0,
     consistency_weight=1.0,
+    distill_from_ensemble=True,
+    distill_from_mean_teachers=True,
 ):
     """The PCL objective of spec section 3.
 
@@ -163,6 +172,10 @@ def pcl_loss(
         temperature: positive float `T`.
         consistency_weight: the current ramp-up weight `w(t)` (a number or a
             scalar tensor, see `consistency_rampup`).
+        distill_from_ensemble: ablation switch; if False, `pe` is computed
+            and returned but left out of `loss`.
+        distill_from_mean_teachers: ablation switch; if False, `pm` is
+            computed and returned but left out of `loss`.
 
     Returns:
         A dict of scalar tensors: `loss` (the total), `ce`, `pe` and `pm`.
@@ -208,8 +221,233 @@ def pcl_loss(
         pm = pm + from_mean_teachers / (num_peers - 1)
 
     weight = ops.cast(consistency_weight, "float32")
-    loss = ce + weight * (pe + pm)
+    distilled = 0.0
+    if distill_from_ensemble:
+        distilled = distilled + pe
+    if distill_from_mean_teachers:
+        distilled = distilled + pm
+    loss = ce + weight * distilled
     return {"loss": loss, "ce": ce, "pe": pe, "pm": pm}
+
+
+# ---------------------------------------------------------------------------
+# The baselines of spec section 9. Each returns a dict with `loss` (what is
+# minimised), `ce` and `kd`. `w` is the ramp-up weight `w(t)` where the
+# method has one. `detach_teacher=True` (the default, as in the official ONE
+# and FFL code) puts every teacher under stop-gradient.
+# ---------------------------------------------------------------------------
+
+
+def dml_loss(y_true, peer_logits, temperature=3.0, detach_teacher=True):
+    """Deep mutual learning: every network learns from every other one.
+
+        loss = sum_j [ CE(z_j) + 1/(m-1) sum_{k != j} KD_T(z_j, z_k) ]
+
+    Args:
+        y_true: integer or one-hot labels.
+        peer_logits: list of `m >= 2` logit tensors `(batch, classes)`, one
+            per network.
+        temperature: positive float `T`.
+        detach_teacher: put `z_k` under stop-gradient in `KD_T(z_j, z_k)`.
+
+    Returns:
+        A dict of scalar tensors: `loss`, `ce` (sum over networks) and `kd`
+        (the summed distillation terms).
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = [np.eye(3, dtype="float32")[:2] * k for k in (1.0, 2.0)]
+    >>> sorted(dml_loss(np.array([0, 1]), z))
+    ['ce', 'kd', 'loss']
+    """
+    _check_temperature(temperature)
+    peer_logits = _check_peers(peer_logits, "peer_logits", minimum=2)
+    m = len(peer_logits)
+    ce = _sum(cross_entropy(y_true, z) for z in peer_logits)
+    kd = _sum(
+        _sum(
+            distillation_loss(z, peer_logits[k], temperature, detach_teacher)
+            for k in range(m)
+            if k != j
+        )
+        / (m - 1)
+        for j, z in enumerate(peer_logits)
+    )
+    return {"loss": ce + kd, "ce": ce, "kd": kd}
+
+
+def one_loss(
+    y_true,
+    peer_logits,
+    gated_logits,
+    temperature=3.0,
+    consistency_weight=1.0,
+    detach_teacher=True,
+):
+    """ONE: branches distilled from their gated ensemble.
+
+        loss = sum_i CE(z_i) + CE(z_t) + w * sum_i KD_T(z_i, z_t)
+
+    with `z_t = sum_i g_i z_i` the gate-weighted branch logits.
+
+    Args:
+        y_true: integer or one-hot labels.
+        peer_logits: list of `m >= 2` branch logits `z_i`.
+        gated_logits: the teacher logits `z_t`.
+        temperature: positive float `T`.
+        consistency_weight: `w(t)`.
+        detach_teacher: put `z_t` under stop-gradient in the KD terms (its
+            own cross-entropy always trains it).
+
+    Returns:
+        A dict of scalar tensors: `loss`, `ce` (branches and teacher), `kd`.
+    """
+    _check_temperature(temperature)
+    peer_logits = _check_peers(peer_logits, "peer_logits", minimum=2)
+    ce = _sum(cross_entropy(y_true, z) for z in peer_logits)
+    ce = ce + cross_entropy(y_true, gated_logits)
+    kd = _sum(
+        distillation_loss(z, gated_logits, temperature, detach_teacher)
+        for z in peer_logits
+    )
+    loss = ce + ops.cast(consistency_weight, "float32") * kd
+    return {"loss": loss, "ce": ce, "kd": kd}
+
+
+def cl_ilr_loss(
+    y_true,
+    peer_logits,
+    temperature=3.0,
+    consistency_weight=1.0,
+    detach_teacher=True,
+):
+    """CL-ILR: each branch learns from the mean of the other branches.
+
+        loss = sum_i CE(z_i) + w * sum_i KD_T(z_i, mean_{k != i} z_k)
+
+    (The backward scaling of the shared trunk's gradient by `1/m` is part of
+    the model, `keras_pcl.baselines.CLILRModel`.)
+
+    Args:
+        y_true: integer or one-hot labels.
+        peer_logits: list of `m >= 2` branch logits.
+        temperature: positive float `T`.
+        consistency_weight: `w(t)`.
+        detach_teacher: put the targets under stop-gradient.
+
+    Returns:
+        A dict of scalar tensors: `loss`, `ce`, `kd`.
+    """
+    _check_temperature(temperature)
+    peer_logits = _check_peers(peer_logits, "peer_logits", minimum=2)
+    m = len(peer_logits)
+    total = _sum(peer_logits)
+    ce = _sum(cross_entropy(y_true, z) for z in peer_logits)
+    kd = _sum(
+        distillation_loss(z, (total - z) / (m - 1), temperature, detach_teacher)
+        for z in peer_logits
+    )
+    loss = ce + ops.cast(consistency_weight, "float32") * kd
+    return {"loss": loss, "ce": ce, "kd": kd}
+
+
+def okddip_loss(
+    y_true,
+    peer_logits,
+    leader_logits,
+    attention,
+    temperature=3.0,
+    consistency_weight=1.0,
+    detach_teacher=True,
+):
+    """OKDDip: auxiliary peers learn from attention-weighted peer ensembles,
+    the group leader from the peers' mean.
+
+        t_j  = sum_k a[:, j, k] z_k                  (one target per peer)
+        loss = sum_j [ CE(z_j) + w KD_T(z_j, t_j) ]
+               + CE(z_lead) + w KD_T(z_lead, mean_k z_k)
+
+    Args:
+        y_true: integer or one-hot labels.
+        peer_logits: list of the `m - 1 >= 1` auxiliary peers' logits `z_k`.
+        leader_logits: the group leader's logits `z_lead`.
+        attention: `(batch, m - 1, m - 1)` attention weights, rows summing to
+            1 (`softmax(Q K^T)`, self included).
+        temperature: positive float `T`.
+        consistency_weight: `w(t)`.
+        detach_teacher: put the peer logits inside the targets under
+            stop-gradient. The attention weights always get the gradient of
+            the KD terms: it is how they are learned.
+
+    Returns:
+        A dict of scalar tensors: `loss`, `ce` (peers and leader), `kd`.
+    """
+    _check_temperature(temperature)
+    peer_logits = _check_peers(peer_logits, "peer_logits", minimum=1)
+    stacked = ops.stack([ops.cast(z, "float32") for z in peer_logits], axis=1)
+    teachers = ops.stop_gradient(stacked) if detach_teacher else stacked
+    targets = ops.matmul(ops.cast(attention, "float32"), teachers)
+    ce = _sum(cross_entropy(y_true, z) for z in peer_logits)
+    ce = ce + cross_entropy(y_true, leader_logits)
+    kd = _sum(
+        distillation_loss(z, targets[:, j], temperature, detach_teacher=False)
+        for j, z in enumerate(peer_logits)
+    )
+    kd = kd + distillation_loss(
+        leader_logits, ops.mean(teachers, axis=1), temperature, detach_teacher
+    )
+    loss = ce + ops.cast(consistency_weight, "float32") * kd
+    return {"loss": loss, "ce": ce, "kd": kd}
+
+
+def kdcl_loss(y_true, peer_logits, temperature=4.0, kd_weight=0.5):
+    """KDCL (the "mean of logits" variant): separate networks, each on its own
+    view, distilled from the detached mean of their logits.
+
+        t    = stop_gradient(mean_j z_j)
+        loss = sum_j [ (1 - a) CE(z_j) + a KD_T(z_j, t) ]
+
+    Args:
+        y_true: integer or one-hot labels.
+        peer_logits: list of `m >= 2` logit tensors.
+        temperature: positive float `T` (4 in the public reimplementation).
+        kd_weight: `a` in [0, 1] (0.5 in the public reimplementation).
+
+    Returns:
+        A dict of scalar tensors: `loss`, `ce` and `kd` (both unweighted sums).
+    """
+    _check_temperature(temperature)
+    peer_logits = _check_peers(peer_logits, "peer_logits", minimum=2)
+    if isinstance(kd_weight, bool) or not (
+        isinstance(kd_weight, (int, float)) and 0 <= kd_weight <= 1
+    ):
+        raise ValueError(
+            f"`kd_weight` must be a number in [0, 1]. Received: kd_weight={kd_weight!r}"
+        )
+    teacher = _sum(ops.cast(z, "float32") for z in peer_logits) / len(peer_logits)
+    ce = _sum(cross_entropy(y_true, z) for z in peer_logits)
+    kd = _sum(distillation_loss(z, teacher, temperature) for z in peer_logits)
+    loss = (1.0 - kd_weight) * ce + kd_weight * kd
+    return {"loss": loss, "ce": ce, "kd": kd}
+
+
+def _sum(values):
+    values = list(values)
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
+def _check_peers(peer_logits, name, minimum):
+    peer_logits = list(peer_logits)
+    if len(peer_logits) < minimum:
+        raise ValueError(
+            f"`{name}` must hold the logits of at least {minimum} "
+            f"network(s). Received: {len(peer_logits)}"
+        )
+    return peer_logits
 
 
 def _check_temperature(temperature):

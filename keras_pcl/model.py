@@ -15,34 +15,29 @@ Keras' own `train_step` of each backend does the rest (gradients, optimizer,
 in Python, so every step compiles; a per-batch callback would be skipped when
 `steps_per_execution > 1` and would force a host sync on JAX, so the mean
 teachers are not updated by a callback.
-"""
 
-import collections
+What PCL shares with the baselines of `keras_pcl.baselines` (trunk and peers,
+inputs and augmentation, deployment, compile, trackers, serialisation) lives
+in `keras_pcl.multi_branch.MultiBranchModel`.
+"""
 
 import keras
 from keras import ops
 
-from keras_pcl.augmentation import default_augmentation
-from keras_pcl.losses import consistency_rampup
 from keras_pcl.losses import pcl_loss
-from keras_pcl.losses import standardize_labels
 from keras_pcl.mean_teacher import freeze_variable
 from keras_pcl.mean_teacher import update_mean_teacher
-from keras_pcl.splitting import check_backbone
+from keras_pcl.multi_branch import DEFAULT_RAMPUP_STEPS
+from keras_pcl.multi_branch import MultiBranchModel
+from keras_pcl.multi_branch import check_bool
+from keras_pcl.multi_branch import check_number
+from keras_pcl.multi_branch import dense_classifier
+from keras_pcl.multi_branch import per_view
+from keras_pcl.multi_branch import raise_invalid
 from keras_pcl.splitting import fresh_clone
-from keras_pcl.splitting import split_backbone
-from keras_pcl.splitting import split_candidates
-
-class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
-    """The best peer so far: index, 0-based epoch, monitored score."""
-
-
-# The paper's CIFAR recipe: 80 ramp-up epochs of ceil(50000 / 128) steps.
-DEFAULT_RAMPUP_STEPS = 80 * 391
-
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class PeerCollaborativeModel(keras.Model):
+class PeerCollaborativeModel(MultiBranchModel):
     """Peer Collaborative Learning (Wu & Gong, AAAI 2021) around a backbone.
 
     The backbone is cut after layer `split_at`: the layers up to it become a
@@ -88,6 +83,18 @@ class PeerCollaborativeModel(keras.Model):
             paper uses 80 epochs: pass `80 * steps_per_epoch`. The default is
             80 epochs of CIFAR at batch 128 (391 steps each).
         deploy_peer: int, the peer whose mean teacher `call`/`predict` use.
+        distill_from_ensemble: ablation switch (spec section 8). If False,
+            the peers are not distilled from the ensemble teacher (`L_pe`
+            is logged but not added to the loss) and the ensemble
+            classifier becomes a probe on detached peer features: trained
+            and reported, but with no influence on the peers.
+        distill_from_mean_teachers: ablation switch. If False, `L_pm` is
+            logged but not added to the loss. The mean teachers are still
+            kept (and deployed), so the ablation isolates what distilling
+            from them brings.
+        shared_augmentation: ablation switch. If True, one augmentation of
+            the batch is drawn per step and shared by all peers, instead of
+            one per peer.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -105,6 +112,9 @@ class PeerCollaborativeModel(keras.Model):
     ```
     """
 
+    has_mean_teachers = True
+    loss_term_names = ("ce", "pe", "pm")
+
     def __init__(
         self,
         backbone,
@@ -118,170 +128,55 @@ class PeerCollaborativeModel(keras.Model):
         consistency_weight=1.0,
         rampup_steps=DEFAULT_RAMPUP_STEPS,
         deploy_peer=0,
+        distill_from_ensemble=True,
+        distill_from_mean_teachers=True,
+        shared_augmentation=False,
         **kwargs,
     ):
-        _check_int("num_classes", num_classes, minimum=2)
-        _check_int("num_peers", num_peers, minimum=2)
-        _check_number("temperature", temperature, "a positive number")
-        if temperature <= 0:
-            _raise("temperature", temperature, "a positive number")
-        _check_number("ema_decay", ema_decay, "a number in [0, 1)")
+        check_number("ema_decay", ema_decay, "a number in [0, 1)")
         if not 0 <= ema_decay < 1:
-            _raise("ema_decay", ema_decay, "a number in [0, 1)")
-        _check_number("consistency_weight", consistency_weight, "a number >= 0")
-        if consistency_weight < 0:
-            _raise("consistency_weight", consistency_weight, "a number >= 0")
-        _check_int("rampup_steps", rampup_steps, minimum=0)
-        _check_int("deploy_peer", deploy_peer, minimum=0)
-        if deploy_peer >= num_peers:
-            _raise(
-                "deploy_peer",
-                deploy_peer,
-                f"a peer index in [0, num_peers - 1] = [0, {num_peers - 1}]",
-            )
-        check_backbone(backbone)
-        if split_at is None:
-            split_at = getattr(backbone, "default_split_at", None)
-            if split_at is None:
-                raise ValueError(
-                    "`split_at` is required: backbone "
-                    f"'{backbone.name}' has no `default_split_at`. Pass the "
-                    "name of the layer that ends the shared trunk, one of "
-                    f"{split_candidates(backbone)}. Received: split_at=None"
-                )
-        trunk, head = split_backbone(backbone, split_at)
-        image_shape = tuple(backbone.inputs[0].shape[1:])
-        if preprocessing is not None and not isinstance(
-            preprocessing, keras.layers.Layer
-        ):
-            raise ValueError(
-                "`preprocessing` must be a Keras layer (it becomes part of "
-                "every deployed network), e.g. "
-                "`keras.layers.Normalization(mean=..., variance=...)`. "
-                f"Received: preprocessing={preprocessing!r}"
-            )
-        if not (
-            augmentation is None
-            or augmentation == "default"
-            or callable(augmentation)
-        ):
-            raise ValueError(
-                "`augmentation` must be 'default', None, a Keras layer or a "
-                f"callable. Received: augmentation={augmentation!r}"
-            )
-
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.num_peers = num_peers
-        self.split_at = split_at
-        self.temperature = float(temperature)
+            raise_invalid("ema_decay", ema_decay, "a number in [0, 1)")
+        check_bool("distill_from_ensemble", distill_from_ensemble)
+        check_bool("distill_from_mean_teachers", distill_from_mean_teachers)
+        check_bool("shared_augmentation", shared_augmentation)
+        super().__init__(
+            backbone,
+            num_classes,
+            num_peers=num_peers,
+            split_at=split_at,
+            augmentation=augmentation,
+            preprocessing=preprocessing,
+            temperature=temperature,
+            consistency_weight=consistency_weight,
+            rampup_steps=rampup_steps,
+            deploy_peer=deploy_peer,
+            **kwargs,
+        )
         self.ema_decay = float(ema_decay)
-        self.consistency_weight = float(consistency_weight)
-        self.rampup_steps = rampup_steps
-        self._image_shape = image_shape
-        self._deploy_peer = deploy_peer
-        # The backbone is kept as a config only: tracking it would add the
-        # unused weights of its own head to this model.
-        object.__setattr__(
-            self,
-            "_backbone_config",
-            keras.saving.serialize_keras_object(backbone),
-        )
-        self._augmentation_arg = augmentation
+        self.distill_from_ensemble = distill_from_ensemble
+        self.distill_from_mean_teachers = distill_from_mean_teachers
+        self.shared_augmentation = shared_augmentation
+        self.views_per_peer = not shared_augmentation
 
-        if preprocessing is None:
-            preprocessing = keras.layers.Rescaling(1.0 / 255, name="rescaling")
-        if not preprocessing.built:
-            # Built here, not inside the first traced step: a layer such as
-            # `Normalization(mean=..., variance=...)` creates tensors in
-            # `build` that a later trace could not reach.
-            preprocessing.build((None,) + image_shape)
-        self.preprocessing = preprocessing
-        if augmentation == "default":
-            channels_first = keras.config.image_data_format() == "channels_first"
-            spatial = image_shape[1:] if channels_first else image_shape[:2]
-            augmentation = default_augmentation(spatial)
-        self.augmentation = augmentation
-        if isinstance(augmentation, keras.layers.Layer):
-            augmentation.build((None,) + image_shape)
-
-        feature_dim = head.outputs[0].shape[-1]
-        self.trunk = trunk
-        self.peer_heads = [
-            fresh_clone(head, f"peer_{j}_head") for j in range(num_peers)
-        ]
-        self.peer_classifiers = [
-            _classifier(num_classes, feature_dim, f"peer_{j}_classifier")
-            for j in range(num_peers)
-        ]
-        self.ensemble_classifier = _classifier(
-            num_classes, feature_dim * num_peers, "ensemble_classifier"
+        head = self._head_template
+        self.ensemble_classifier = dense_classifier(
+            num_classes, self.feature_dim * num_peers, "ensemble_classifier"
         )
-        self.mean_teacher_trunk = fresh_clone(trunk, "mean_teacher_trunk")
+        self.mean_teacher_trunk = fresh_clone(self.trunk, "mean_teacher_trunk")
         self.mean_teacher_heads = [
             fresh_clone(head, f"mean_teacher_{j}_head")
             for j in range(num_peers)
         ]
         self.mean_teacher_classifiers = [
-            _classifier(num_classes, feature_dim, f"mean_teacher_{j}_classifier")
+            dense_classifier(
+                num_classes, self.feature_dim, f"mean_teacher_{j}_classifier"
+            )
             for j in range(num_peers)
         ]
         for student, teacher in zip(self._students(), self._mean_teachers()):
             teacher.set_weights(student.get_weights())
         self._freeze_mean_teachers()
-        self.step_counter = self.add_weight(
-            shape=(),
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
-            aggregation="only_first_replica",
-            name="pcl_step",
-        )
-        # What `keras_pcl.callbacks.BestPeerTracker` recorded: variables, so
-        # that `save`, `load_model` and `BackupAndRestore` keep them.
-        self._best_peer_index = self._add_record_variable("best_peer", "int32", -1)
-        self._best_peer_epoch = self._add_record_variable(
-            "best_peer_epoch", "int32", -1
-        )
-        self._best_peer_score = self._add_record_variable(
-            "best_peer_score", "float32", float("-inf")
-        )
-
-        self.ce_tracker = keras.metrics.Mean(name="ce")
-        self.pe_tracker = keras.metrics.Mean(name="pe")
-        self.pm_tracker = keras.metrics.Mean(name="pm")
-        self.weight_tracker = keras.metrics.Mean(name="consistency_weight")
-        self.peer_accuracy = [
-            keras.metrics.SparseCategoricalAccuracy(name=f"peer_{j}_accuracy")
-            for j in range(num_peers)
-        ]
-        self.ensemble_accuracy = keras.metrics.SparseCategoricalAccuracy(
-            name="ensemble_accuracy"
-        )
-        self.mean_teacher_accuracy = [
-            keras.metrics.SparseCategoricalAccuracy(
-                name=f"mean_teacher_{j}_accuracy"
-            )
-            for j in range(num_peers)
-        ]
-        self.built = True
-
-    # ------------------------------------------------------------------
-    # Public API
-    # ------------------------------------------------------------------
-
-    @property
-    def deploy_peer(self):
-        """Index of the peer whose mean teacher `call` and `predict` use."""
-        return self._deploy_peer
-
-    @deploy_peer.setter
-    def deploy_peer(self, value):
-        self._check_peer_index(value, "deploy_peer")
-        if value != self._deploy_peer:
-            self._deploy_peer = value
-            # `predict` was traced for the previous peer.
-            self.predict_function = None
+        self._build_metrics()
 
     @property
     def trainable(self):
@@ -293,175 +188,25 @@ class PeerCollaborativeModel(keras.Model):
         if getattr(self, "mean_teacher_trunk", None) is not None:
             self._freeze_mean_teachers()
 
-    @property
-    def best_peer(self):
-        """The best peer recorded by `BestPeerTracker`, or None.
-
-        A `BestPeer(peer, epoch, score)` tuple: the peer index, the (0-based)
-        epoch and the monitored validation accuracy. It is part of the
-        model's weights, so it survives `save`/`load_model` and
-        `BackupAndRestore`.
-        """
-        peer = int(keras.ops.convert_to_numpy(self._best_peer_index.value))
-        if peer < 0:
-            return None
-        return BestPeer(
-            peer=peer,
-            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)),
-            score=float(keras.ops.convert_to_numpy(self._best_peer_score.value)),
-        )
-
-    def record_best_peer(self, peer, epoch, score):
-        """Records `peer` as the best and makes it the `deploy_peer`.
-
-        Called by `keras_pcl.callbacks.BestPeerTracker`; not part of a
-        training step.
-        """
-        self._check_peer_index(peer, "peer")
-        self._best_peer_index.assign(peer)
-        self._best_peer_epoch.assign(epoch)
-        self._best_peer_score.assign(score)
-        self.deploy_peer = peer
-
-    def export_peer(
-        self,
-        filepath,
-        peer="best",
-        mean_teacher=True,
-        format="tf_saved_model",
-        overwrite=False,
-        verbose=False,
-    ):
-        """Writes one peer as a standalone network for serving.
-
-        See `keras_pcl.export.export_peer` for the formats, the serving
-        signature and the errors.
-
-        Args:
-            filepath: a directory (`"tf_saved_model"`) or a file ending in
-                `.keras`, `.onnx` or `.tflite`.
-            peer: `"best"` (recorded by `BestPeerTracker`), `"deploy"` or an
-                int peer index.
-            mean_teacher: the peer's mean teacher (default) or its student.
-            format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`.
-            overwrite: replace an existing `filepath`.
-            verbose: let Keras print what it writes.
-
-        Returns:
-            The exported `keras.Model`.
-
-        Example:
-
-        ```python
-        model.export_peer("served/pcl_resnet32", peer="best")
-        model.export_peer("pcl_resnet32.onnx", peer=0, format="onnx")
-        ```
-        """
-        from keras_pcl.export import export_peer
-
-        return export_peer(
-            self,
-            filepath,
-            peer=peer,
-            mean_teacher=mean_teacher,
-            format=format,
-            overwrite=overwrite,
-            verbose=verbose,
-        )
-
-    def get_peer(self, index, mean_teacher=True):
-        """Returns peer `index` as a standalone `keras.Model`.
-
-        The network is exactly the target architecture: `preprocessing`,
-        trunk, the peer's own layers and its classifier, from raw images to
-        logits. Its weights are copies (of the mean teacher by default, else
-        of the student), so it can be saved, exported or fine-tuned without
-        touching this model.
-
-        Args:
-            index: int in `[0, num_peers)`.
-            mean_teacher: if True (default), the peer's mean teacher, which is
-                what PCL deploys; if False, the student peer.
-
-        Returns:
-            A functional `keras.Model`.
-        """
-        self._check_peer_index(index, "index")
-        if mean_teacher:
-            parts = (
-                self.mean_teacher_trunk,
-                self.mean_teacher_heads[index],
-                self.mean_teacher_classifiers[index],
-            )
-        else:
-            parts = (
-                self.trunk,
-                self.peer_heads[index],
-                self.peer_classifiers[index],
-            )
-        inputs = keras.Input(shape=self._image_shape, name="images")
-        x = inputs
-        for part in (self.preprocessing,) + parts:
-            clone = _clone_layer(part)
-            x = clone(x)
-            clone.set_weights(part.get_weights())
-        kind = "mean_teacher" if mean_teacher else "student"
-        return keras.Model(inputs, x, name=f"peer_{index}_{kind}")
-
     # ------------------------------------------------------------------
     # Forward passes
     # ------------------------------------------------------------------
 
-    def call(self, inputs, training=False):
-        views = self.peer_views(inputs, training)
-        if training:
-            return self._training_forward(views)
-        j = self._deploy_peer
-        return self.mean_teacher_classifiers[j](
-            self.mean_teacher_heads[j](
-                self.mean_teacher_trunk(views[j], training=False),
-                training=False,
-            )
-        )
-
-    def _training_forward(self, views):
-        step = self.step_counter.value
+    def _before_training_forward(self, step):
         student_vars, teacher_vars = self._ema_variable_pairs()
         update_mean_teacher(student_vars, teacher_vars, step, self.ema_decay)
-        outputs = self._branch_outputs(views, training=True)
-        outputs["consistency_weight"] = consistency_rampup(
-            step, self.rampup_steps, self.consistency_weight
-        )
-        self.step_counter.assign_add(1)
-        return outputs
-
-    def _inference_outputs(self, inputs):
-        """All branches in inference mode, for `evaluate`."""
-        outputs = self._branch_outputs(
-            self.peer_views(inputs, training=False), training=False
-        )
-        outputs["consistency_weight"] = consistency_rampup(
-            self.step_counter.value, self.rampup_steps, self.consistency_weight
-        )
-        return outputs
 
     def _branch_outputs(self, views, training):
         """Logits of every peer, of the ensemble and of every mean teacher."""
-        student_trunk = _per_view(self.trunk, views, training)
-        teacher_trunk = _per_view(self.mean_teacher_trunk, views, training)
-        features = [
-            head(student_trunk[j], training=training)
-            for j, head in enumerate(self.peer_heads)
-        ]
+        features = self._peer_features(views, training)
+        teacher_trunk = per_view(self.mean_teacher_trunk, views, training)
         teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
+        ensemble_input = ops.concatenate(features, axis=-1)
+        if not self.distill_from_ensemble:
+            ensemble_input = ops.stop_gradient(ensemble_input)
         return {
-            "peer_logits": [
-                classifier(f)
-                for classifier, f in zip(self.peer_classifiers, features)
-            ],
-            "ensemble_logits": self.ensemble_classifier(
-                ops.concatenate(features, axis=-1)
-            ),
+            "peer_logits": self._classify(features),
+            "ensemble_logits": self.ensemble_classifier(ensemble_input),
             "mean_teacher_logits": [
                 ops.stop_gradient(
                     classifier(head(teacher_trunk[j], training=training))
@@ -470,72 +215,20 @@ class PeerCollaborativeModel(keras.Model):
             ],
         }
 
-    def peer_views(self, inputs, training=True):
-        """The `num_peers` network inputs that the peers see for a batch.
-
-        This is the first thing a training step does: each view is an
-        independent draw of `augmentation` applied to the raw images, then
-        `preprocessing`. Useful to look at what the peers are trained on.
-
-        Args:
-            inputs: a batch of raw images `(batch, height, width, channels)`,
-                or a tuple of `num_peers` such batches (views augmented by the
-                input pipeline, which are only preprocessed).
-            training: whether to augment; outside training every peer gets
-                the same preprocessed images.
-
-        Returns:
-            A list of `num_peers` tensors.
-        """
-        if isinstance(inputs, dict):
-            raise ValueError(
-                "`x` must be a batch of images or a tuple of `num_peers` "
-                f"batches (one view per peer). Received: a dict with keys "
-                f"{sorted(inputs)}"
+    def _peer_parts(self, index, mean_teacher):
+        if mean_teacher:
+            return (
+                self.mean_teacher_trunk,
+                self.mean_teacher_heads[index],
+                self.mean_teacher_classifiers[index],
             )
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != self.num_peers:
-                raise ValueError(
-                    f"`x` holds {len(inputs)} views, but the model has "
-                    f"num_peers={self.num_peers}. Pass one batch of images "
-                    "(augmented in the model) or exactly one view per peer."
-                )
-            views = [self._check_images(v) for v in inputs]
-            return [self.preprocessing(v) for v in views]
-        images = self._check_images(inputs)
-        if training and self.augmentation is not None:
-            views = [self._augment(images) for _ in range(self.num_peers)]
-            return [self.preprocessing(v) for v in views]
-        return [self.preprocessing(images)] * self.num_peers
-
-    def _augment(self, images):
-        if isinstance(self.augmentation, keras.layers.Layer):
-            return self.augmentation(images, training=True)
-        return self.augmentation(images)
-
-    def _check_images(self, images):
-        images = ops.convert_to_tensor(images)
-        shape = tuple(images.shape)
-        expected = self._image_shape
-        if len(shape) != len(expected) + 1 or any(
-            e is not None and s is not None and e != s
-            for s, e in zip(shape[1:], expected)
-        ):
-            raise ValueError(
-                f"Images must have shape (batch, {', '.join(map(str, expected))}) "
-                f"to match the backbone's input. Received: x.shape={shape}"
-            )
-        if not keras.backend.is_float_dtype(images.dtype):
-            images = ops.cast(images, "float32")
-        return images
+        return super()._peer_parts(index, mean_teacher)
 
     # ------------------------------------------------------------------
     # Loss and metrics
     # ------------------------------------------------------------------
 
-    def compile(
-        self, optimizer="rmsprop", loss=None, metrics=None, **kwargs
-    ):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training; the loss and metrics are built in.
 
         Args:
@@ -548,96 +241,35 @@ class PeerCollaborativeModel(keras.Model):
             **kwargs: other `keras.Model.compile` arguments
                 (`jit_compile`, `steps_per_execution`, ...).
         """
-        if loss is not None:
-            raise ValueError(
-                "PeerCollaborativeModel computes its own loss "
-                "(`keras_pcl.losses.pcl_loss`); configure it with the "
-                "constructor's `temperature`, `consistency_weight` and "
-                f"`rampup_steps` instead. Received: loss={loss!r}"
-            )
-        for name in ("metrics", "weighted_metrics"):
-            value = metrics if name == "metrics" else kwargs.get(name)
-            if value:
-                raise ValueError(
-                    f"PeerCollaborativeModel does not take `{name}`: it "
-                    "reports the accuracy of every peer, of the ensemble and "
-                    "of every mean teacher itself. "
-                    f"Received: {name}={value!r}"
-                )
-        kwargs.pop("weighted_metrics", None)
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         if keras.backend.backend() == "tensorflow" and not self.jit_compile:
             _keep_tensorflow_read_before_write_order()
 
-    def compile_from_config(self, config):
-        # Restores the optimizer (and its state) when a `.keras` file is
-        # loaded; Keras skips this for models that override `compile`.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        if sample_weight is not None:
-            raise ValueError(
-                "PeerCollaborativeModel does not support `sample_weight` or "
-                "`class_weight`: the PCL objective averages every term over "
-                "the batch. Resample the dataset instead."
-            )
-        if y is None:
-            raise ValueError(
-                "PeerCollaborativeModel needs labels: pass `y` to `fit` or "
-                "`evaluate`, or a dataset of (images, labels) pairs."
-            )
-        outputs = y_pred if training else self._inference_outputs(x)
-        terms = pcl_loss(
+    def _loss_terms(self, y, outputs):
+        return pcl_loss(
             y,
             outputs["peer_logits"],
             outputs["ensemble_logits"],
             outputs["mean_teacher_logits"],
             temperature=self.temperature,
             consistency_weight=outputs["consistency_weight"],
+            distill_from_ensemble=self.distill_from_ensemble,
+            distill_from_mean_teachers=self.distill_from_mean_teachers,
         )
-        loss = _scale_for_replicas(terms["loss"])
-        for extra in self.losses:  # Regularizers and `add_loss` terms.
-            # Keras' own aggregation: summed, and scaled for replicas on TF.
-            loss = loss + ops.cast(self._aggregate_additional_loss(extra), "float32")
 
-        self.ce_tracker.update_state(terms["ce"])
-        self.pe_tracker.update_state(terms["pe"])
-        self.pm_tracker.update_state(terms["pm"])
-        self.weight_tracker.update_state(outputs["consistency_weight"])
-        labels, sparse = standardize_labels(y, self.num_classes)
-        if not sparse:
-            labels = ops.argmax(labels, axis=-1)
-        for metric, logits in zip(self.peer_accuracy, outputs["peer_logits"]):
-            metric.update_state(labels, logits)
-        self.ensemble_accuracy.update_state(labels, outputs["ensemble_logits"])
-        for metric, logits in zip(
-            self.mean_teacher_accuracy, outputs["mean_teacher_logits"]
-        ):
-            metric.update_state(labels, logits)
-        return loss
+    def _accuracy_names(self):
+        return (
+            [f"peer_{j}" for j in range(self.num_peers)]
+            + ["ensemble"]
+            + [f"mean_teacher_{j}" for j in range(self.num_peers)]
+        )
 
-    def zero_grad(self, set_to_none=True):
-        """Clears the gradients of every trainable variable (torch backend).
-
-        Keras' torch trainer calls `zero_grad()` before each backward pass.
-        The inherited `torch.nn.Module.zero_grad` only reaches variables that
-        Keras registered with torch, keyed by `variable.path`; a backbone with
-        nested models that repeat layer names has repeated paths, and the
-        gradients of the unregistered variables would then accumulate over
-        steps. Clearing them directly is exact whatever the names.
-        """
-        for variable in self.trainable_variables:
-            variable.value.grad = None
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Metrics are updated in `compute_loss`, where all branches' outputs
-        # are at hand in training and in evaluation.
-        return self.get_metrics_result()
+    def _accuracy_logits(self, outputs):
+        return (
+            list(outputs["peer_logits"])
+            + [outputs["ensemble_logits"]]
+            + list(outputs["mean_teacher_logits"])
+        )
 
     # ------------------------------------------------------------------
     # Serialisation
@@ -645,67 +277,19 @@ class PeerCollaborativeModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        augmentation = self._augmentation_arg
-        if augmentation is not None and augmentation != "default":
-            augmentation = keras.saving.serialize_keras_object(augmentation)
         config.update(
             {
-                "backbone": self._backbone_config,
-                "num_classes": self.num_classes,
-                "num_peers": self.num_peers,
-                "split_at": self.split_at,
-                "augmentation": augmentation,
-                "preprocessing": keras.saving.serialize_keras_object(
-                    self.preprocessing
-                ),
-                "temperature": self.temperature,
                 "ema_decay": self.ema_decay,
-                "consistency_weight": self.consistency_weight,
-                "rampup_steps": self.rampup_steps,
-                "deploy_peer": self._deploy_peer,
+                "distill_from_ensemble": self.distill_from_ensemble,
+                "distill_from_mean_teachers": self.distill_from_mean_teachers,
+                "shared_augmentation": self.shared_augmentation,
             }
         )
         return config
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"]
-        )
-        config["preprocessing"] = keras.saving.deserialize_keras_object(
-            config["preprocessing"]
-        )
-        if isinstance(config.get("augmentation"), dict):
-            config["augmentation"] = keras.saving.deserialize_keras_object(
-                config["augmentation"]
-            )
-        return cls(**config)
-
-    def save_own_variables(self, store):
-        # Keras keeps the random-number states of augmentation (and dropout)
-        # layers out of the weights. Saving them too lets `BackupAndRestore`
-        # and `load_model` continue the exact augmentation sequence, so a
-        # resumed run ends with the weights of an uninterrupted one.
-        super().save_own_variables(store)
-        for i, state in enumerate(self._random_states()):
-            store[f"random_state_{i}"] = state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        own = {k: store[k] for k in keys if not k.startswith("random_state_")}
-        super().load_own_variables(own)
-        for i, state in enumerate(self._random_states()):
-            if f"random_state_{i}" in keys:  # Absent in older files.
-                state.assign(store[f"random_state_{i}"])
-
     # ------------------------------------------------------------------
     # Helpers
     # ------------------------------------------------------------------
-
-    def _random_states(self):
-        """The `SeedGenerator` states of every layer, in tracking order."""
-        return [v for v in self.variables if v.name == "seed_generator_state"]
 
     def _students(self):
         return [self.trunk, *self.peer_heads, *self.peer_classifiers]
@@ -737,26 +321,6 @@ class PeerCollaborativeModel(keras.Model):
             for variable in teacher.weights:
                 freeze_variable(variable)
 
-    def _add_record_variable(self, name, dtype, value):
-        return self.add_weight(
-            shape=(),
-            dtype=dtype,
-            initializer=keras.initializers.Constant(value),
-            trainable=False,
-            aggregation="only_first_replica",
-            name=name,
-        )
-
-    def _check_peer_index(self, value, name):
-        if isinstance(value, bool) or not isinstance(value, int):
-            _raise(name, value, "an int peer index")
-        if not 0 <= value < self.num_peers:
-            _raise(
-                name,
-                value,
-                f"a peer index in [0, num_peers - 1] = [0, {self.num_peers - 1}]",
-            )
-
 
 def _keep_tensorflow_read_before_write_order():
     """Turns off Grappler's dependency optimizer (TensorFlow without XLA).
@@ -775,72 +339,3 @@ def _keep_tensorflow_read_before_write_order():
     tf.config.optimizer.set_experimental_options(
         {"dependency_optimization": False}
     )
-
-
-def _scale_for_replicas(loss):
-    """Divides a per-replica batch-mean loss by the number of replicas.
-
-    Keras' TensorFlow trainer sums the gradients of all replicas of a
-    `tf.distribute` strategy, so each replica's loss must be divided by their
-    number to give the gradient of the global-batch mean; its logs multiply
-    it back. Keras does this inside its compiled losses
-    (`keras.src.losses.loss.scale_loss_for_distribution`, not public API);
-    `compute_loss` is overridden here, so it is done here. Other backends
-    (JAX `keras.distribution`) compute the global-batch mean directly.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas == 1:
-        return loss
-    return loss * (1.0 / replicas)
-
-
-def _per_view(network, views, training):
-    """Runs `network` on each peer's view.
-
-    In training every peer runs it (batch-norm statistics are updated once
-    per peer, as in the spec); outside training a view that repeats is
-    computed once.
-    """
-    if training:
-        return [network(view, training=True) for view in views]
-    cache = {}
-    outputs = []
-    for view in views:
-        if id(view) not in cache:
-            cache[id(view)] = network(view, training=False)
-        outputs.append(cache[id(view)])
-    return outputs
-
-
-def _classifier(num_classes, input_dim, name):
-    # float32 logits, also under a mixed-precision policy.
-    layer = keras.layers.Dense(num_classes, dtype="float32", name=name)
-    layer.build((None, input_dim))
-    return layer
-
-
-def _clone_layer(layer):
-    """A new layer (or functional model) with the same config, unshared."""
-    if isinstance(layer, keras.Model):
-        return keras.models.clone_model(layer)
-    return keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _raise(name, value, f"an int >= {minimum}")
-
-
-def _check_number(name, value, expected):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _raise(name, value, expected)
-
-
-def _raise(name, value, expected):
-    raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")

@@ -169,7 +169,7 @@ def test_a_resumed_run_keeps_the_record_restored_by_backup_and_restore(tmp_path)
 def test_rejects_other_models_and_bad_arguments():
     with pytest.raises(ValueError, match="export_format.*Received: export_format='h5'"):
         BestPeerTracker(export_format="h5")
-    with pytest.raises(ValueError, match="mean_teacher.*Received: mean_teacher='yes'"):
+    with pytest.raises(ValueError, match="mean_teacher.*True, False or None.*Received: mean_teacher='yes'"):
         BestPeerTracker(mean_teacher="yes")
     plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     tracker = BestPeerTracker()

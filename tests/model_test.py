@@ -175,6 +175,65 @@ def test_each_peer_gets_its_own_augmentation():
         np.testing.assert_allclose(keras.ops.convert_to_numpy(v), x / 255.0, 1e-6)
 
 
+def test_shared_augmentation_ablation_gives_every_peer_the_same_view():
+    model = make_model(shared_augmentation=True)
+    x, _ = colour_dataset(16)
+    views = [keras.ops.convert_to_numpy(v) for v in model.peer_views(x)]
+    assert not np.allclose(views[0], x / 255.0)  # Augmented...
+    for v in views[1:]:
+        np.testing.assert_array_equal(v, views[0])  # ...once for all peers.
+    clone = keras_pcl.PeerCollaborativeModel.from_config(model.get_config())
+    assert clone.shared_augmentation
+
+
+@pytest.mark.parametrize(
+    "ablation, kept",
+    [
+        ({}, ("pe", "pm")),
+        ({"distill_from_ensemble": False}, ("pm",)),
+        ({"distill_from_mean_teachers": False}, ("pe",)),
+    ],
+)
+def test_ablations_leave_their_term_out_of_the_trained_loss(ablation, kept):
+    # w(t) = 1 from the first step (rampup_steps=0), no regularizers: the
+    # logged means satisfy loss = ce + the kept distillation terms.
+    model = make_model(rampup_steps=0, **ablation)
+    model.compile(optimizer=sgd())
+    x, y = colour_dataset(64)
+    logs = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    want = logs["ce"][0] + sum(logs[k][0] for k in kept)
+    np.testing.assert_allclose(logs["loss"][0], want, rtol=1e-4)
+    assert logs["pe"][0] > 0 and logs["pm"][0] > 0  # Still reported.
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_without_the_ensemble_teacher_its_loss_does_not_reach_the_peers(
+    distill, monkeypatch
+):
+    # Train on the ensemble's cross-entropy alone: with the ensemble teacher
+    # it moves the peers; without it (a probe on detached features) only
+    # the ensemble classifier moves.
+    def ensemble_ce_only(y, peer_logits, ensemble_logits, *args, **kwargs):
+        ce = keras_pcl.losses.cross_entropy(y, ensemble_logits)
+        return {"loss": ce, "ce": ce, "pe": ce * 0.0, "pm": ce * 0.0}
+
+    monkeypatch.setattr(keras_pcl.model, "pcl_loss", ensemble_ce_only)
+    model = make_model(distill_from_ensemble=distill, augmentation=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    student = [model.trunk, *model.peer_heads, *model.peer_classifiers]
+    before = [keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights]
+    ensemble_before = keras.ops.convert_to_numpy(model.ensemble_classifier.kernel)
+    x, y = colour_dataset(16)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    after = [keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights]
+    moved = max(np.abs(a - b).max() for a, b in zip(after, before))
+    assert (moved > 1e-6) == distill
+    ensemble_after = keras.ops.convert_to_numpy(model.ensemble_classifier.kernel)
+    assert np.abs(ensemble_after - ensemble_before).max() > 1e-6
+    with pytest.raises(ValueError, match="distill_from_ensemble='no'"):
+        make_model(distill_from_ensemble="no")
+
+
 def test_views_from_the_input_pipeline_are_used_as_given():
     model = make_model()
     x, y = colour_dataset(32)

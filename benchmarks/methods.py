@@ -1,0 +1,66 @@
+"""Builds any method of the benchmarks by name, on the same backbone.
+
+`pcl` is `keras_pcl.PeerCollaborativeModel`; `pcl_no_ensemble`,
+`pcl_no_mean_teachers` and `pcl_shared_augmentation` are its ablation
+switches; every other name is a class of `keras_pcl.baselines`.
+"""
+
+import keras_pcl
+
+PCL_VARIANTS = {
+    "pcl": {},
+    "pcl_no_ensemble": {"distill_from_ensemble": False},
+    "pcl_no_mean_teachers": {"distill_from_mean_teachers": False},
+    "pcl_shared_augmentation": {"shared_augmentation": True},
+}
+METHODS = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip") + tuple(
+    PCL_VARIANTS
+)
+# Methods whose loss has the ramp-up weight `w(t)`.
+_RAMPED = {"one", "cl_ilr", "okddip"} | set(PCL_VARIANTS)
+# Methods with a temperature argument, and its default where not 3.
+_TEMPERATURE = {"dml", "kdcl", "one", "cl_ilr", "okddip"} | set(PCL_VARIANTS)
+
+
+def build_method(
+    name,
+    backbone,
+    num_classes,
+    num_peers=3,
+    rampup_steps=0,
+    ema_decay=0.999,
+    temperature=None,
+    preprocessing=None,
+):
+    """Returns the (uncompiled) model of method `name` around `backbone`.
+
+    Args:
+        name: one of `METHODS`.
+        backbone: a fresh backbone (each model needs its own).
+        num_classes: number of classes.
+        num_peers: peers/branches/networks of the multi-branch methods.
+        rampup_steps: `w(t)` ramp-up length, for the methods that have one.
+        ema_decay: PCL's mean-teacher decay.
+        temperature: distillation temperature; None keeps each method's
+            default (3, and 4 for KDCL as in its public reimplementation).
+        preprocessing: optional preprocessing layer (default `Rescaling`).
+    """
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; known: {list(METHODS)}")
+    kwargs = {"preprocessing": preprocessing}
+    if name != "vanilla":
+        kwargs["num_peers"] = num_peers
+    if name in _RAMPED:
+        kwargs["rampup_steps"] = rampup_steps
+    if name in _TEMPERATURE and temperature is not None:
+        kwargs["temperature"] = temperature
+    if name in PCL_VARIANTS:
+        return keras_pcl.PeerCollaborativeModel(
+            backbone,
+            num_classes,
+            ema_decay=ema_decay,
+            **PCL_VARIANTS[name],
+            **kwargs,
+        )
+    return keras_pcl.baselines.get(name)(backbone, num_classes, **kwargs)
+
