@@ -1,7 +1,7 @@
 """Accuracy of PCL against the online-distillation baselines on real CIFAR-10.
 
 Every method trains the same backbone on the same images with the same
-schedule, optimizer, augmentation and code (`benchmarks/methods.py`), and is
+schedule, optimizer, augmentation and code (`keras_pcl/methods.py`), and is
 scored on a fixed, class-balanced validation split of the CIFAR-10 image
 folder that no method trains on (`keras_pcl.data.list_image_folder`, seed 0:
 500 images per class). Selection rule, the same for every method: at the end
@@ -11,7 +11,7 @@ CL-ILR: a peer; vanilla: the network) is the deployed one; its final-epoch
 accuracy is reported. Nothing is tuned on anything but this split.
 
 Default protocol (sized for a 2-core CPU, see `benchmarks/README.md` for its
-runtime): CIFAR ResNet-8, a class-balanced subset of 10,000 training images,
+runtime): CIFAR ResNet-8, a class-balanced subset of 8,000 training images, 3 epochs,
 batch 128, SGD (Nesterov, momentum 0.9, lr 0.1 divided by 10 at 50% and 75%
 of training), L2 5e-4 on the convolution kernels, 3 peers, T = 3, the ramp-up
 over the first 80/300 of training as in the paper, mean-teacher decay 0.99
@@ -26,7 +26,7 @@ rewritten after every run.
 
 Usage:
 
-    KERAS_BACKEND=torch python benchmarks/accuracy.py --epochs=4 \
+    KERAS_BACKEND=torch python benchmarks/accuracy.py --tag=accuracy_cpu \
         --export_dir=/tmp/deployed
     python benchmarks/accuracy.py --report_only --tag=accuracy_cpu
     # Without TensorFlow (e.g. a GPU machine with JAX only): write the images
@@ -40,15 +40,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from methods import METHODS  # noqa: E402
+from keras_pcl.methods import METHODS
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_DATA = os.path.join(os.path.dirname(_ROOT), "shared", "data", "cifar10", "train")
@@ -67,7 +64,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("validation_images", 5000, "Held-out images (balanced).")
 flags.DEFINE_integer(
-    "train_images", 10000, "Balanced training subset; 0: every training image."
+    "train_images", 8000, "Balanced training subset; 0: every training image."
 )
 flags.DEFINE_list(
     "methods",
@@ -76,7 +73,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each method runs once per seed.")
 flags.DEFINE_string("backbone", "resnet8", "resnetD (D = 6n+2) or a built-in name.")
-flags.DEFINE_integer("epochs", 4, "Training epochs.")
+flags.DEFINE_integer("epochs", 3, "Training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.")
 flags.DEFINE_float("weight_decay", 5e-4, "PyTorch-style SGD weight decay (as L2).")
@@ -237,7 +234,7 @@ def run_one(method, seed, data):
     import keras
 
     import keras_pcl
-    from methods import build_method
+    from keras_pcl.methods import build_method
 
     x_train, y_train, x_val, y_val = data
     keras.utils.set_random_seed(seed)

@@ -2,7 +2,7 @@
 
 Measures images per second of `model.fit` for the methods named by
 `--models` (default: `pcl` and `vanilla`; `all` for every method of
-`benchmarks/methods.py`: PCL, its three ablations, and the baselines of
+`keras_pcl/methods.py`: PCL, its three ablations, and the baselines of
 `keras_pcl.baselines`: vanilla, DML, KDCL, ONE, CL-ILR, OKDDip). Every method
 wraps the same backbone with the same in-model augmentation and
 `Rescaling(1/255)` preprocessing; `vanilla` is the backbone + `Dense(10)`
@@ -34,16 +34,14 @@ Usage:
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from methods import METHODS  # noqa: E402
+from keras_pcl.benchmark import random_images
+from keras_pcl.benchmark import time_models
+from keras_pcl.methods import METHODS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -96,7 +94,7 @@ flags.DEFINE_enum(
 flags.DEFINE_list(
     "models",
     ["pcl", "vanilla"],
-    "Methods to time, from benchmarks/methods.py (pcl, its ablations, "
+    "Methods to time, from keras_pcl/methods.py (pcl, its ablations, "
     "vanilla, dml, kdcl, one, cl_ilr, okddip), or 'all'. 'baseline' is an "
     "old name of vanilla.",
 )
@@ -186,8 +184,8 @@ def _optimizer(keras):
 
 
 def build_model(name, keras, keras_pcl):
-    """Method `name` of `benchmarks/methods.py` on a fresh backbone, compiled."""
-    from methods import build_method
+    """Method `name` of `keras_pcl/methods.py` on a fresh backbone, compiled."""
+    from keras_pcl.methods import build_method
 
     model = build_method(
         name,
@@ -203,50 +201,8 @@ def build_model(name, keras, keras_pcl):
     return model
 
 
-def _fit(model, x, y, steps):
-    batch = FLAGS.batch_size
-    t0 = time.perf_counter()
-    model.fit(
-        x[: steps * batch],
-        y[: steps * batch],
-        batch_size=batch,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-    )
-    return time.perf_counter() - t0
-
-
-def time_models(models, x, y, steps, warmup_steps):
-    """Warms every model up, then alternates their timed `fit` calls.
-
-    Interleaving keeps slow drifts of the machine (other processes, thermal
-    limits) from favouring one model over the other.
-    """
-    warmup = {name: _fit(m, x, y, warmup_steps) for name, m in models.items()}
-    times = {name: [] for name in models}
-    for _ in range(FLAGS.repeats):
-        for name, model in models.items():
-            times[name].append(_fit(model, x, y, steps))
-    results = {}
-    for name, model in models.items():
-        step_time = statistics.median(times[name]) / steps
-        best = min(times[name]) / steps
-        results[name] = {
-            "warmup_seconds": warmup[name],
-            "run_seconds": times[name],
-            "step_seconds": step_time,
-            "images_per_sec": FLAGS.batch_size / step_time,
-            "best_step_seconds": best,
-            "best_images_per_sec": FLAGS.batch_size / best,
-            "resolved_jit_compile": bool(getattr(model, "jit_compile", False)),
-        }
-    return results
-
-
 def main(argv):
     del argv
-    import numpy as np
 
     import keras
 
@@ -268,9 +224,7 @@ def main(argv):
     warmup_steps = FLAGS.warmup_steps or max(2, spe)
     warmup_steps = -(-warmup_steps // spe) * spe
     n = max(steps, warmup_steps) * FLAGS.batch_size
-    rng = np.random.default_rng(FLAGS.seed)
-    x = rng.integers(0, 256, size=(n,) + _image_shape(), dtype=np.uint8)
-    y = rng.integers(0, FLAGS.num_classes, size=(n,), dtype=np.int32)
+    x, y = random_images(n, _image_shape(), FLAGS.num_classes, FLAGS.seed)
 
     names = list(METHODS) if FLAGS.models == ["all"] else FLAGS.models
     names = ["vanilla" if n == "baseline" else n for n in names]
@@ -280,12 +234,9 @@ def main(argv):
             f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
         )
     models = {name: build_model(name, keras, keras_pcl) for name in names}
-    results = time_models(models, x, y, steps, warmup_steps)
-    if "vanilla" in results:
-        for r in results.values():
-            r["ratio_to_vanilla"] = (
-                r["step_seconds"] / results["vanilla"]["step_seconds"]
-            )
+    results = time_models(
+        models, x, y, FLAGS.batch_size, steps, FLAGS.repeats, warmup_steps
+    )
     for name, r in results.items():
         print(
             f"[{backend}] {name}: {r['images_per_sec']:.1f} img/s median, "

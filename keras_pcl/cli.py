@@ -3,11 +3,13 @@
     keras-pcl train --dataset=digits --backbone=resnet8 --epochs=15 --workdir=runs/d
     keras-pcl evaluate runs/d/pcl.keras --dataset=digits
     keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format tf_saved_model]
+    keras-pcl benchmark --methods=pcl,vanilla --backbone=resnet32 --batch_size=32
 
 Each subcommand wraps a library call (`train` ->
 `keras_pcl.training.train`, the job of the example scripts, with the same
 flags; `evaluate` -> `Model.evaluate` on the validation split; `export` ->
-`PeerCollaborativeModel.export_peer`). Exit codes: 0 success, 1 an error
+`PeerCollaborativeModel.export_peer`; `benchmark` ->
+`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`). Exit codes: 0 success, 1 an error
 (printed as one line, `keras-pcl <command>: error: ...`), 2 bad usage.
 The Keras backend is the usual `KERAS_BACKEND` (TensorFlow if unset);
 `tf_saved_model` and `tflite` need TensorFlow (or JAX for SavedModel).
@@ -103,7 +105,89 @@ def build_parser():
         "--overwrite", action="store_true", help="replace an existing OUTPUT"
     )
     export.set_defaults(run=run_export)
+
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="training throughput of PCL and the baselines (images/s)",
+        description=(
+            "Time `fit` steps of each method on random uint8 images of the "
+            "backbone's input size: one untimed warm-up call (compilation), "
+            "then --repeats timed calls of --steps steps, methods "
+            "alternating; prints the median images/s and each method's step "
+            "time relative to vanilla's. Run on an otherwise idle machine."
+        ),
+    )
+    benchmark.add_argument(
+        "--methods",
+        default="pcl,vanilla",
+        help=(
+            "comma-separated methods: pcl, pcl_no_ensemble, "
+            "pcl_no_mean_teachers, pcl_shared_augmentation, vanilla, dml, "
+            "kdcl, one, cl_ilr, okddip, or 'all'. Default: pcl,vanilla"
+        ),
+    )
+    _add_field_argument(benchmark, "backbone")
+    benchmark.add_argument(
+        "--image_size", type=int, default=0,
+        help="image height and width; 0: 224 for resnet18, else 32. Default: 0",
+    )
+    benchmark.add_argument("--num_classes", type=int, default=10, help="Default: 10")
+    benchmark.add_argument("--num_peers", type=int, default=3, help="peers of every multi-branch method. Default: 3")
+    benchmark.add_argument("--batch_size", type=int, default=32, help="Default: 32")
+    benchmark.add_argument("--steps", type=int, default=4, help="training steps per timed call. Default: 4")
+    benchmark.add_argument("--repeats", type=int, default=3, help="timed calls per method (median). Default: 3")
+    benchmark.set_defaults(run=run_benchmark)
     return parser
+
+
+def run_benchmark(args):
+    """`keras-pcl benchmark`: `time_models` on the chosen methods."""
+    import keras
+
+    from keras_pcl import benchmark
+    from keras_pcl import methods
+    from keras_pcl import training
+
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(methods.METHODS)
+    minimums = {"batch_size": 1, "steps": 1, "repeats": 1, "num_classes": 2,
+                "num_peers": 2, "image_size": 0}
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            raise CommandError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+    try:
+        for name in names:
+            methods.check_method(name)
+        make_backbone = training.build_backbone_fn(args.backbone)
+    except ValueError as error:
+        raise CommandError(_first_line(error))
+    size = args.image_size or (224 if args.backbone == "resnet18" else 32)
+    shape = (size, size, 3)
+    models = {}
+    for name in names:
+        model = methods.build_method(
+            name, make_backbone(input_shape=shape), args.num_classes,
+            num_peers=args.num_peers,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+        models[name] = model
+    x, y = benchmark.random_images(
+        max(args.steps, 2) * args.batch_size, shape, args.num_classes
+    )
+    print(
+        f"Timing {', '.join(names)} on {args.backbone} ({size}x{size}), batch "
+        f"{args.batch_size}, {keras.backend.backend()} backend:"
+    )
+    progress = keras.utils.Progbar(len(models) * (args.repeats + 1), unit_name="fit call")
+    results = benchmark.time_models(
+        models, x, y, args.batch_size, args.steps, args.repeats, warmup_steps=2,
+        progress=progress,
+    )
+    print(f"{'method':<26}{'images/s':>10}{'step s':>9}{'x vanilla':>11}")
+    for name, r in results.items():
+        ratio = f"{r['ratio_to_vanilla']:.2f}" if "ratio_to_vanilla" in r else "-"
+        print(f"{name:<26}{r['images_per_sec']:>10.1f}{r['step_seconds']:>9.3f}{ratio:>11}")
 
 
 def run_export(args):

@@ -142,3 +142,31 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["train", "--strategy=horovod"])
     assert exit.value.code == cli.EXIT_USAGE
+
+
+def test_benchmark_times_each_method_against_vanilla(capsys):
+    code = cli.main([
+        "benchmark", "--methods=vanilla,cl_ilr", "--backbone=resnet8",
+        "--image_size=8", "--batch_size=4", "--steps=1", "--repeats=1",
+    ])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_OK
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in ("vanilla", "cl_ilr")}
+    assert float(rows["vanilla"][1]) > 0 and rows["vanilla"][3] == "1.00"
+    assert float(rows["cl_ilr"][3]) > 0  # Step time relative to vanilla's.
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods=pcl,okdip"], "Unknown method 'okdip'. Did you mean ['okddip']?"),
+        (["--backbone=resnet7"], "backbone='resnet7'"),
+        (["--steps=0"], "--steps must be at least 1, got 0"),
+    ],
+)
+def test_benchmark_errors_are_one_line(args, message, capsys):
+    assert cli.main(["benchmark", *args]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("keras-pcl benchmark: error:")
+    assert message in err[0]

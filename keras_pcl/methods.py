@@ -1,11 +1,13 @@
-"""Builds any method of the benchmarks by name, on the same backbone.
+"""Every training method by name: PCL, its ablations and the baselines.
 
 `pcl` is `keras_pcl.PeerCollaborativeModel`; `pcl_no_ensemble`,
 `pcl_no_mean_teachers` and `pcl_shared_augmentation` are its ablation
-switches; every other name is a class of `keras_pcl.baselines`.
+switches; every other name is a class of `keras_pcl.baselines`. Used by
+`keras-pcl benchmark` and the scripts of `benchmarks/`, so that every
+method is built the same way around the same backbone.
 """
 
-import keras_pcl
+import difflib
 
 PCL_VARIANTS = {
     "pcl": {},
@@ -34,6 +36,12 @@ def build_method(
 ):
     """Returns the (uncompiled) model of method `name` around `backbone`.
 
+    Example:
+
+    ```python
+    model = build_method("dml", keras_pcl.backbones.CIFARResNet(depth=8), 10)
+    ```
+
     Args:
         name: one of `METHODS`.
         backbone: a fresh backbone (each model needs its own).
@@ -44,9 +52,13 @@ def build_method(
         temperature: distillation temperature; None keeps each method's
             default (3, and 4 for KDCL as in its public reimplementation).
         preprocessing: optional preprocessing layer (default `Rescaling`).
+
+    Raises:
+        ValueError: for an unknown `name` (listing the known ones).
     """
-    if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}; known: {list(METHODS)}")
+    import keras_pcl
+
+    check_method(name)
     kwargs = {"preprocessing": preprocessing}
     if name != "vanilla":
         kwargs["num_peers"] = num_peers
@@ -64,3 +76,13 @@ def build_method(
         )
     return keras_pcl.baselines.get(name)(backbone, num_classes, **kwargs)
 
+
+
+def check_method(name):
+    """Raises a `ValueError` naming the known methods if `name` is not one."""
+    if name not in METHODS:
+        close = difflib.get_close_matches(str(name), METHODS, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(
+            f"Unknown method {name!r}.{hint} Known methods: {list(METHODS)}."
+        )
