@@ -11,8 +11,8 @@ from keras_pcl.splitting import fresh_clone
 from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
-from tests.backbones.ci_budget import slow_on_jax
-from tests.backbones.ci_budget import torch_only_in_ci
+from tests.ci_budget import slow_on_jax
+from tests.ci_budget import torch_only_in_ci
 from tests.testing import tiny_backbone
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from keras_pcl.backbones import CIFARBottleneckResNet
 from keras_pcl.backbones import resnet110
-from tests.backbones.ci_budget import slow_on_jax
+from tests.ci_budget import slow_on_jax
 
 
 def expected_parameters(depth, width_factor=1, num_classes=None):

@@ -5,7 +5,7 @@ import pytest
 
 from keras_pcl.backbones import CIFARDenseNet
 from keras_pcl.backbones import densenet40_12
-from tests.backbones.ci_budget import slow_on_jax
+from tests.ci_budget import slow_on_jax
 
 
 def expected_parameters(depth=40, growth=12, num_classes=None):

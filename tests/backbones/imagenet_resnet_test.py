@@ -5,7 +5,7 @@ import pytest
 
 from keras_pcl.backbones import ImageNetResNet
 from keras_pcl.backbones import resnet18
-from tests.backbones.ci_budget import slow_on_jax
+from tests.ci_budget import slow_on_jax
 
 # torchvision.models.resnet18(num_classes=1000): 11,689,512 parameters
 # (resnet34: 21,797,672). Keras also counts BN moving mean and variance:

@@ -5,7 +5,7 @@ import pytest
 
 from keras_pcl.backbones import VGG16BN
 from keras_pcl.backbones import vgg16
-from tests.backbones.ci_budget import slow_on_jax
+from tests.ci_budget import slow_on_jax
 
 WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 

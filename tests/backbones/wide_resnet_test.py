@@ -5,7 +5,7 @@ import keras
 from keras_pcl.backbones import WideResNet
 from keras_pcl.backbones import wrn20_8
 from tests.backbones.cifar_bottleneck_resnet_test import expected_parameters
-from tests.backbones.ci_budget import slow_on_jax
+from tests.ci_budget import slow_on_jax
 
 
 @slow_on_jax
