@@ -21,6 +21,9 @@ CI runs the suite once per backend on 2 CPU cores within a time budget.
   `keras_pcl.training.train`, which the SIGKILL resume test and the CLI
   test run on JAX; CI runs the scripts on TensorFlow and torch
   (`slow_on_jax`).
+* `tests/docs_test.py` checks backend-independent documentation (the
+  how-to recipes, the generated API pages): on torch only
+  (`torch_only_in_ci`).
 
 `KERAS_PCL_SLOW_TESTS=1` runs every test on every backend.
 """

@@ -9,8 +9,7 @@ and costs several model compilations, so it runs once, on the torch backend
 import os
 import re
 
-import keras
-import pytest
+from tests.ci_budget import torch_only_in_ci
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +25,8 @@ def test_the_page_has_a_recipe_for_each_question():
     assert len(blocks) == 8  # set-up + 7 recipes
 
 
-ONCE = pytest.mark.skipif(
-    keras.backend.backend() != "torch",
-    reason="docs are backend-independent; checked once, on torch (CI time)",
-)
+# Backend-independent: checked once, on torch (tests/ci_budget.py).
+ONCE = torch_only_in_ci
 
 
 @ONCE
