@@ -215,12 +215,16 @@ def run_export(args):
             f"could not load {args.checkpoint!r} as a Keras model: "
             f"{_first_line(error)}"
         )
-    if not isinstance(model, keras_pcl.PeerCollaborativeModel):
+    from keras_pcl.multi_branch import MultiBranchModel
+
+    if not isinstance(model, MultiBranchModel):
         raise CommandError(
             f"{args.checkpoint!r} holds a {type(model).__name__}, not a "
-            "PeerCollaborativeModel; a plain network needs no peer export "
-            "(use `model.export(...)`)"
+            "PeerCollaborativeModel or a model of keras_pcl.baselines; a "
+            "plain network needs no peer export (use `model.export(...)`)"
         )
+    if not args.student and not model.has_mean_teachers:
+        args.student = True  # The baselines deploy the peers themselves.
     try:
         exported = model.export_peer(
             args.output,
@@ -231,7 +235,8 @@ def run_export(args):
         )
     except (ValueError, FileExistsError, ImportError) as error:
         raise CommandError(_first_line(error))
-    kind = "student" if args.student else "mean teacher"
+    kind = "peer" if not model.has_mean_teachers else (
+        "student" if args.student else "mean teacher")
     index = keras_pcl.export.resolve_peer(model, peer)
     print(
         f"Exported peer {index} ({kind}, {exported.count_params():,} "
@@ -319,6 +324,8 @@ def run_evaluate(args):
         model = keras.saving.load_model(args.checkpoint)
     except Exception as error:  # Keras raises several types for bad files.
         raise CommandError(f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}")
+    from keras_pcl.multi_branch import MultiBranchModel
+
     if isinstance(model, keras_pcl.PeerCollaborativeModel):
         scores = model.evaluate(validation, verbose=1, return_dict=True)
         rows = [(f"peer {j} (student)", scores[f"peer_{j}_accuracy"]) for j in range(model.num_peers)]
@@ -327,6 +334,10 @@ def run_evaluate(args):
         best = model.best_peer
         if best is not None:
             rows.append((f"best peer {best.peer} (epoch {best.epoch + 1}), mean teacher", scores[f"mean_teacher_{best.peer}_accuracy"]))
+    elif isinstance(model, MultiBranchModel):  # A baseline.
+        scores = model.evaluate(validation, verbose=1, return_dict=True)
+        rows = [(f"{type(model).__name__} {name[:-len('_accuracy')].replace('_', ' ')}", value)
+                for name, value in scores.items() if name.endswith("_accuracy")]
     else:
         correct = total = 0
         for images, labels in validation:

@@ -10,20 +10,20 @@ CI runs the suite once per backend on 2 CPU cores within a time budget.
 * A PCL training step of the fixed-size networks (VGG-16, ResNet-18,
   MobileNetV2) is compiled by XLA on JAX and traced by `tf.function` on
   TensorFlow, half a minute to a minute and a half each; torch runs it
-  eagerly in seconds, so CI runs those on torch (`torch_only_in_ci`). The
-  step of the small bottleneck ResNet and DenseNet, with an export and a
-  reload, takes 40-50 s on JAX (measured 2026-11-27); it runs on TensorFlow
-  and torch.
-* The example scripts run end to end in a fresh process: the quickstart
+  eagerly in seconds, so CI runs those on torch (`torch_only_in_ci`). So
+  does the step (with an export and a reload) of the small bottleneck
+  ResNet and DenseNet: 28-48 s each on JAX and TensorFlow (measured in CI,
+  2026-11-27); the basic-block ResNet trains on every backend throughout
+  `tests/model_test.py`.
+* The example scripts run end to end in a fresh process. The quickstart
   (the README's first command, which uses the default TensorFlow backend)
-  and `examples/train_cifar.py` take 80-95 s each on JAX, mostly XLA
-  compilation, against 20-25 s on torch. Both are thin wrappers around
-  `keras_pcl.training.train`, which the SIGKILL resume test and the CLI
-  test run on JAX; CI runs the scripts on TensorFlow and torch
-  (`slow_on_jax`).
-* `tests/docs_test.py` checks backend-independent documentation (the
-  how-to recipes, the generated API pages): on torch only
-  (`torch_only_in_ci`).
+  runs on TensorFlow and torch; it takes 95 s on JAX (`slow_on_jax`).
+  `examples/train_cifar.py` (40-80 s on TensorFlow and JAX) runs on torch
+  only; it is a thin absl wrapper around `keras_pcl.training.train`, which
+  the SIGKILL resume test and the CLI test run on every backend.
+* `keras-pcl benchmark`'s smoke test (26-31 s on JAX and TensorFlow) and
+  `tests/docs_test.py` (the how-to recipes, the generated API pages) check
+  backend-independent code: torch only.
 
 `KERAS_PCL_SLOW_TESTS=1` runs every test on every backend.
 """

@@ -6,6 +6,7 @@ import pytest
 
 import keras_pcl
 from keras_pcl import cli
+from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import tiny_backbone
 
@@ -144,6 +145,7 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
     assert exit.value.code == cli.EXIT_USAGE
 
 
+@torch_only_in_ci  # `fit` timing on every backend is in tests of the library.
 def test_benchmark_times_each_method_against_vanilla(capsys):
     code = cli.main([
         "benchmark", "--methods=vanilla,cl_ilr", "--backbone=resnet8",
@@ -170,3 +172,19 @@ def test_benchmark_errors_are_one_line(args, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("keras-pcl benchmark: error:")
     assert message in err[0]
+
+
+def test_export_takes_a_baseline_checkpoint(tmp_path, capsys):
+    model = keras_pcl.baselines.DMLModel(tiny_backbone(), num_classes=3, num_peers=2)
+    path = str(tmp_path / "dml.keras")
+    model.save(path)
+    output = str(tmp_path / "peer1.keras")
+    argv = ["export", path, output, "--peer", "1", "--format", "keras"]
+    assert cli.main(argv) == cli.EXIT_OK
+    assert "Exported peer 1 (peer," in capsys.readouterr().out
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.saving.load_model(output)(images)),
+        keras.ops.convert_to_numpy(model.get_peer(1)(images)),
+        atol=1e-5,
+    )

@@ -128,15 +128,12 @@ SMALL = {
 # on JAX or trace on TensorFlow; WRN is the bottleneck class of the resnet110
 # case with a width factor; the basic-block CIFAR ResNet trains on every
 # backend throughout tests/model_test.py and tests/training_test.py.
-TORCH_ONLY = ("vgg16", "resnet18", "wrn20_8", "resnet20")
-NOT_ON_JAX = ("resnet110", "densenet40_12")
+TORCH_ONLY = ("vgg16", "resnet18", "wrn20_8", "resnet20", "resnet110", "densenet40_12")
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_one_pcl_step_then_export_and_reload_a_peer(name, tmp_path):
     if SKIP_UNLESS_TORCH and name in TORCH_ONLY:
-        pytest.skip(REASON)
-    if SKIP_SLOW_ON_JAX and name in NOT_ON_JAX:
         pytest.skip(REASON)
     keras.utils.set_random_seed(0)
     backbone = SMALL[name]()

@@ -7,14 +7,14 @@ import sys
 import keras
 import numpy as np
 
-from tests.ci_budget import slow_on_jax
+from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
 
 
-@slow_on_jax
+@torch_only_in_ci
 def test_train_cifar_smoke_on_an_image_folder(tmp_path):
     data = str(tmp_path / "images")
     write_image_folder(data, classes=2, per_class=12, size=8)
