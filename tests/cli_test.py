@@ -98,6 +98,7 @@ def test_console_script_is_declared():
     assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
 
 
+@torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
 def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
     workdir = tmp_path / "run"
     code = cli.main([

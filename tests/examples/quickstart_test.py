@@ -7,7 +7,7 @@ import sys
 import keras
 import numpy as np
 
-from tests.ci_budget import slow_on_jax
+from tests.ci_budget import tensorflow_only_in_ci
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "quickstart.py")
@@ -35,7 +35,7 @@ def run(args):
     )
 
 
-@slow_on_jax
+@tensorflow_only_in_ci  # The README's command uses the default backend.
 def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     """The README's first command, with a shorter schedule (digits, offline)."""
     workdir = tmp_path / "out"
