@@ -20,7 +20,7 @@ METHODS = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip") + tuple(
 )
 # Methods whose loss has the ramp-up weight `w(t)`.
 _RAMPED = {"one", "cl_ilr", "okddip"} | set(PCL_VARIANTS)
-# Methods with a temperature argument, and its default where not 3.
+# Methods with a distillation temperature (vanilla has none).
 _TEMPERATURE = {"dml", "kdcl", "one", "cl_ilr", "okddip"} | set(PCL_VARIANTS)
 
 
@@ -36,12 +36,6 @@ def build_method(
 ):
     """Returns the (uncompiled) model of method `name` around `backbone`.
 
-    Example:
-
-    ```python
-    model = build_method("dml", keras_pcl.backbones.CIFARResNet(depth=8), 10)
-    ```
-
     Args:
         name: one of `METHODS`.
         backbone: a fresh backbone (each model needs its own).
@@ -55,6 +49,12 @@ def build_method(
 
     Raises:
         ValueError: for an unknown `name` (listing the known ones).
+
+    Example:
+
+    ```python
+    model = build_method("dml", keras_pcl.backbones.CIFARResNet(depth=8), 10)
+    ```
     """
     import keras_pcl
 
