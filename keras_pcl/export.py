@@ -44,7 +44,8 @@ _FORMAT_BACKENDS = {
     "tflite": ("tensorflow",),
 }
 
-_FORMAT_EXTENSIONS = {"keras": ".keras", "onnx": ".onnx", "tflite": ".tflite"}
+# The file suffix each single-file format needs (a SavedModel is a directory).
+FORMAT_EXTENSIONS = {"keras": ".keras", "onnx": ".onnx", "tflite": ".tflite"}
 
 # Python modules each format needs beyond keras and tensorflow.
 _FORMAT_MODULES = {
@@ -190,7 +191,7 @@ def export_peer(
         )
     _check_modules(format, backend)
     filepath = os.fspath(filepath)
-    extension = _FORMAT_EXTENSIONS.get(format)
+    extension = FORMAT_EXTENSIONS.get(format)
     if extension and not filepath.endswith(extension):
         raise ValueError(
             f"`filepath` must end in '{extension}' for format={format!r}. "

@@ -285,6 +285,16 @@ class MultiBranchModel(keras.Model):
             self.predict_function = None
 
     @property
+    def deployable_peers(self):
+        """The peer indices this method may deploy, as a tuple.
+
+        Every peer for PCL and most baselines; OKDDip deploys only its group
+        leader. `BestPeerTracker`, `export_peer(peer="best")` and the
+        benchmarks choose among these only.
+        """
+        return tuple(range(self.num_peers))
+
+    @property
     def best_peer(self):
         """The best peer recorded by `BestPeerTracker`, or None.
 

@@ -86,6 +86,11 @@ class OKDDipModel(MultiBranchModel):
         self.key_projection.build((None, self.feature_dim))
         self._build_metrics()
 
+    @property
+    def deployable_peers(self):
+        """Only the group leader (the last branch) deploys."""
+        return (self.num_peers - 1,)
+
     def _branch_outputs(self, views, training):
         features = self._peer_features(views, training)
         logits = self._classify(features)
