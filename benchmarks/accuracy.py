@@ -48,7 +48,9 @@ from absl import flags
 from keras_pcl.methods import METHODS
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_DATA = os.path.join(os.path.dirname(_ROOT), "shared", "data", "cifar10", "train")
+_DEFAULT_DATA = os.path.join(
+    os.path.dirname(_ROOT), "shared", "data", "cifar10", "train"
+)
 _CORE_METHODS = ["vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip", "pcl"]
 
 FLAGS = flags.FLAGS
@@ -88,7 +90,8 @@ flags.DEFINE_string("tag", "accuracy", "Prefix of the files written.")
 flags.DEFINE_string("export_dir", None, "Save each deployed network here (.keras).")
 flags.DEFINE_bool("report_only", False, "Only rebuild the report from the runs.")
 flags.DEFINE_float(
-    "time_budget", 0,
+    "time_budget",
+    0,
     "Stop starting new runs after this many seconds (0: no limit).",
 )
 
@@ -105,9 +108,7 @@ def split_files():
     from keras_pcl.data import balanced_split
     from keras_pcl.data import list_image_folder
 
-    total = sum(
-        len(files) for _, _, files in os.walk(FLAGS.data_dir)
-    )
+    total = sum(len(files) for _, _, files in os.walk(FLAGS.data_dir))
     listing = list_image_folder(
         FLAGS.data_dir, validation_split=FLAGS.validation_images / total, seed=0
     )

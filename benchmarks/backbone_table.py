@@ -21,9 +21,7 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer(
-    "num_classes", 100, "Classes of the CIFAR backbones' classifier."
-)
+flags.DEFINE_integer("num_classes", 100, "Classes of the CIFAR backbones' classifier.")
 flags.DEFINE_integer(
     "imagenet_classes", 1000, "Classes of the ImageNet backbone (resnet18)."
 )

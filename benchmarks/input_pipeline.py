@@ -64,8 +64,7 @@ flags.DEFINE_integer("model_repeats", 20, "Timed in-model augmentation calls.")
 flags.DEFINE_string(
     "throughput_json",
     None,
-    "PCL step throughput JSON; default "
-    "benchmarks/results/throughput_<backend>.json.",
+    "PCL step throughput JSON; default benchmarks/results/throughput_<backend>.json.",
 )
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("label", None, "Free-form label stored in the JSON.")
@@ -203,27 +202,37 @@ def main(argv):
         results["pcl_step_ms"] = pcl_step_ms
         results["in_model_augmentation_share_of_step"] = model_aug_ms / pcl_step_ms
 
-    print(f"backend {backend}, {num_train} training images, "
-          f"{FLAGS.num_views} views, batch {FLAGS.batch_size}")
+    print(
+        f"backend {backend}, {num_train} training images, "
+        f"{FLAGS.num_views} views, batch {FLAGS.batch_size}"
+    )
     print(f"load (decode once into the cache): {load_seconds:8.1f} s")
-    print(f"pipeline, {FLAGS.num_views} host-side views: "
-          f"{views_ips:10.0f} images/s")
+    print(f"pipeline, {FLAGS.num_views} host-side views: {views_ips:10.0f} images/s")
     print(f"pipeline, plain (in-model aug):   {plain_ips:10.0f} images/s")
     if step_ips:
-        print(f"one PCL training step consumes:   {step_ips:10.1f} images/s "
-              f"({results['pcl_step_source']})")
-        print(f"pipeline / step:                  "
-              f"{results['pipeline_over_step']:10.1f}x")
+        print(
+            f"one PCL training step consumes:   {step_ips:10.1f} images/s "
+            f"({results['pcl_step_source']})"
+        )
+        print(
+            f"pipeline / step:                  {results['pipeline_over_step']:10.1f}x"
+        )
     else:
-        print(f"no PCL step figure: {path} is missing "
-              "(run benchmarks/throughput.py)")
-    print(f"host-side augmentation:  {host_aug_ms:8.2f} ms per batch "
-          "(pipeline, CPU threads of tf.data)")
-    print(f"in-model augmentation:   {model_aug_ms:8.2f} ms per batch "
-          "(inside the training step)", end="")
+        print(f"no PCL step figure: {path} is missing (run benchmarks/throughput.py)")
+    print(
+        f"host-side augmentation:  {host_aug_ms:8.2f} ms per batch "
+        "(pipeline, CPU threads of tf.data)"
+    )
+    print(
+        f"in-model augmentation:   {model_aug_ms:8.2f} ms per batch "
+        "(inside the training step)",
+        end="",
+    )
     if pcl_details:
-        print(f", {100 * results['in_model_augmentation_share_of_step']:.2f}% "
-              "of a PCL step")
+        print(
+            f", {100 * results['in_model_augmentation_share_of_step']:.2f}% "
+            "of a PCL step"
+        )
     else:
         print()
     if FLAGS.json:

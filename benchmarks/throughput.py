@@ -81,9 +81,7 @@ flags.DEFINE_integer(
     "Compute threads. TF: intra-op threads; torch: torch.set_num_threads; "
     "JAX: ignored (set XLA_FLAGS yourself). 0: backend default.",
 )
-flags.DEFINE_integer(
-    "inter_op_threads", 0, "TF inter-op threads (0: default)."
-)
+flags.DEFINE_integer("inter_op_threads", 0, "TF inter-op threads (0: default).")
 flags.DEFINE_enum(
     "data_format",
     "channels_last",
@@ -110,9 +108,7 @@ def _configure_threads(backend):
         if FLAGS.threads:
             tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
         if FLAGS.inter_op_threads:
-            tf.config.threading.set_inter_op_parallelism_threads(
-                FLAGS.inter_op_threads
-            )
+            tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
         return {
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
@@ -250,17 +246,13 @@ def main(argv):
         "backend": backend,
         "batch_size": FLAGS.batch_size,
         "pcl_images_per_sec": results.get("pcl", {}).get("images_per_sec"),
-        "baseline_images_per_sec": results.get("vanilla", {}).get(
-            "images_per_sec"
-        ),
+        "baseline_images_per_sec": results.get("vanilla", {}).get("images_per_sec"),
         "ratio": (
             results["pcl"]["step_seconds"] / results["vanilla"]["step_seconds"]
             if "pcl" in results and "vanilla" in results
             else None
         ),
-        "pcl_best_images_per_sec": results.get("pcl", {}).get(
-            "best_images_per_sec"
-        ),
+        "pcl_best_images_per_sec": results.get("pcl", {}).get("best_images_per_sec"),
         "baseline_best_images_per_sec": results.get("vanilla", {}).get(
             "best_images_per_sec"
         ),

@@ -27,27 +27,35 @@ suits 100,000+ steps, not 400) and a 3-epoch ramp-up.
 import os
 import time
 
+import keras
+import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
-
-import keras
-import numpy as np
 
 import keras_pcl
 from keras_pcl import training
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "digits", "digits (offline), or the path of an image folder.")
-flags.DEFINE_integer("image_size", 16, "Image side (digits are upsampled; folders resized).")
-flags.DEFINE_string("backbone", "resnet8", "Backbone name (keras_pcl.backbones.names() or resnetD).")
+flags.DEFINE_string(
+    "dataset", "digits", "digits (offline), or the path of an image folder."
+)
+flags.DEFINE_integer(
+    "image_size", 16, "Image side (digits are upsampled; folders resized)."
+)
+flags.DEFINE_string(
+    "backbone", "resnet8", "Backbone name (keras_pcl.backbones.names() or resnetD)."
+)
 flags.DEFINE_integer("epochs", 15, "PCL training epochs.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_float("ema_decay", 0.99, "Mean-teacher EMA decay (0.999 for the paper's long runs).")
+flags.DEFINE_float(
+    "ema_decay", 0.99, "Mean-teacher EMA decay (0.999 for the paper's long runs)."
+)
 flags.DEFINE_float("rampup_epochs", 3.0, "Consistency ramp-up in epochs.")
 flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (smoke tests).")
 flags.DEFINE_float(
-    "baseline_seconds", None,
+    "baseline_seconds",
+    None,
     "Train the backbone alone for this long (default: as long as PCL took).",
 )
 flags.DEFINE_string("workdir", "quickstart_output", "Where the runs and the export go.")
@@ -92,7 +100,11 @@ def train_alone(config, seconds, validation, steps_per_epoch):
     logits = keras.layers.Dense(len(splits.class_names), name="classifier")(backbone(x))
     network = keras.Model(inputs, logits, name="backbone_alone")
     augment = training._in_model_augmentation(config, image_shape)
-    model = keras.Sequential([keras.Input(image_shape), augment, network]) if augment else network
+    model = (
+        keras.Sequential([keras.Input(image_shape), augment, network])
+        if augment
+        else network
+    )
     boundaries = [int(e * steps_per_epoch) for e in config.lr_decay_epochs]
     model.compile(
         optimizer=keras.optimizers.SGD(
@@ -115,8 +127,11 @@ def train_alone(config, seconds, validation, steps_per_epoch):
                 self.model.stop_training = True
 
     history = model.fit(
-        stream, steps_per_epoch=steps_per_epoch, epochs=1000,
-        callbacks=[StopAfter()], verbose=0,
+        stream,
+        steps_per_epoch=steps_per_epoch,
+        epochs=1000,
+        callbacks=[StopAfter()],
+        verbose=0,
     )
     return _accuracy(network, validation), len(history.history["loss"])
 
@@ -125,7 +140,9 @@ def _accuracy(network, validation):
     """Top-1 accuracy of `network` (images -> logits) on `validation`."""
     correct = total = 0
     for images, labels in validation:
-        predicted = np.argmax(keras.ops.convert_to_numpy(network(images, training=False)), -1)
+        predicted = np.argmax(
+            keras.ops.convert_to_numpy(network(images, training=False)), -1
+        )
         correct += int((predicted == np.asarray(labels)).sum())
         total += len(predicted)
     return correct / total
@@ -147,21 +164,38 @@ def main(argv):
     deployed = best.peer if best else model.deploy_peer
     network = model.get_peer(deployed)
     seconds = pcl_seconds if FLAGS.baseline_seconds is None else FLAGS.baseline_seconds
-    alone, alone_epochs = train_alone(config, seconds, validation, result["steps_per_epoch"])
+    alone, alone_epochs = train_alone(
+        config, seconds, validation, result["steps_per_epoch"]
+    )
 
-    rows = [(f"peer {j} (student)", scores[f"peer_{j}_accuracy"]) for j in range(model.num_peers)]
+    rows = [
+        (f"peer {j} (student)", scores[f"peer_{j}_accuracy"])
+        for j in range(model.num_peers)
+    ]
     rows.append(("peer ensemble", scores["ensemble_accuracy"]))
-    rows += [(f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"]) for j in range(model.num_peers)]
-    rows.append((f"deployed: peer {deployed} mean teacher", scores[f"mean_teacher_{deployed}_accuracy"]))
+    rows += [
+        (f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"])
+        for j in range(model.num_peers)
+    ]
+    rows.append(
+        (
+            f"deployed: peer {deployed} mean teacher",
+            scores[f"mean_teacher_{deployed}_accuracy"],
+        )
+    )
     same = "same time" if FLAGS.baseline_seconds is None else f"{seconds:.0f} s"
     rows.append((f"{config.backbone} alone, {same} ({alone_epochs} epochs)", alone))
-    print(f"\nValidation accuracy on {config.dataset} ({config.epochs} PCL epochs, {pcl_seconds:.0f} s):")
+    print(
+        f"\nValidation accuracy on {config.dataset} ({config.epochs} PCL epochs, {pcl_seconds:.0f} s):"
+    )
     for name, value in rows:
         print(f"  {name:<44} {100 * value:5.1f}%")
 
     backend = keras.backend.backend()
     format = "keras" if backend == "torch" else "tf_saved_model"
-    path = os.path.join(FLAGS.workdir, "deployed" + (".keras" if format == "keras" else ""))
+    path = os.path.join(
+        FLAGS.workdir, "deployed" + (".keras" if format == "keras" else "")
+    )
     model.export_peer(path, peer=deployed, format=format, overwrite=True)
     images = next(iter(validation))[0].numpy()[:32].astype("float32")
     expected = keras.ops.convert_to_numpy(network(images, training=False))
@@ -172,12 +206,18 @@ def main(argv):
         import tensorflow as tf
 
         served = tf.saved_model.load(path)
-        logits = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
+        logits = served.signatures["serving_default"](images=tf.constant(images))[
+            "logits"
+        ].numpy()
     difference = float(np.abs(logits - expected).max())
     if difference > 1e-4:
-        raise SystemExit(f"The reloaded export differs from the model by {difference:.2e}.")
-    print(f"\nExported the deployed network ({format}) to {path}; reloaded, it "
-          f"predicts the same (max |logit difference| {difference:.1e}).")
+        raise SystemExit(
+            f"The reloaded export differs from the model by {difference:.2e}."
+        )
+    print(
+        f"\nExported the deployed network ({format}) to {path}; reloaded, it "
+        f"predicts the same (max |logit difference| {difference:.1e})."
+    )
 
 
 if __name__ == "__main__":

@@ -81,5 +81,7 @@ def time_models(models, x, y, batch_size, steps, repeats, warmup_steps, progress
         }
     if "vanilla" in results:
         for r in results.values():
-            r["ratio_to_vanilla"] = r["step_seconds"] / results["vanilla"]["step_seconds"]
+            r["ratio_to_vanilla"] = (
+                r["step_seconds"] / results["vanilla"]["step_seconds"]
+            )
     return results

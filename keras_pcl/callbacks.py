@@ -152,9 +152,7 @@ class BestPeerTracker(keras.callbacks.Callback):
                 f"({keys[peer]}={scores[peer]:.4f}, previous best {previous})"
             )
         if self.filepath is not None:
-            path = self.filepath.format(
-                epoch=epoch + 1, peer=peer, score=scores[peer]
-            )
+            path = self.filepath.format(epoch=epoch + 1, peer=peer, score=scores[peer])
             self.model.export_peer(
                 path,
                 peer=peer,

@@ -58,7 +58,14 @@ def build_parser():
         ),
     )
     evaluate.add_argument("checkpoint", help="a .keras file")
-    for name in ("dataset", "data_dir", "image_size", "validation_split", "seed", "batch_size"):
+    for name in (
+        "dataset",
+        "data_dir",
+        "image_size",
+        "validation_split",
+        "seed",
+        "batch_size",
+    ):
         _add_field_argument(evaluate, name)
     evaluate.set_defaults(run=run_evaluate)
 
@@ -128,14 +135,28 @@ def build_parser():
     )
     _add_field_argument(benchmark, "backbone")
     benchmark.add_argument(
-        "--image_size", type=int, default=0,
+        "--image_size",
+        type=int,
+        default=0,
         help="image height and width; 0: 224 for resnet18, else 32. Default: 0",
     )
     benchmark.add_argument("--num_classes", type=int, default=10, help="Default: 10")
-    benchmark.add_argument("--num_peers", type=int, default=3, help="peers of every multi-branch method. Default: 3")
+    benchmark.add_argument(
+        "--num_peers",
+        type=int,
+        default=3,
+        help="peers of every multi-branch method. Default: 3",
+    )
     benchmark.add_argument("--batch_size", type=int, default=32, help="Default: 32")
-    benchmark.add_argument("--steps", type=int, default=4, help="training steps per timed call. Default: 4")
-    benchmark.add_argument("--repeats", type=int, default=3, help="timed calls per method (median). Default: 3")
+    benchmark.add_argument(
+        "--steps", type=int, default=4, help="training steps per timed call. Default: 4"
+    )
+    benchmark.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed calls per method (median). Default: 3",
+    )
     benchmark.set_defaults(run=run_benchmark)
     return parser
 
@@ -151,11 +172,19 @@ def run_benchmark(args):
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     if names == ["all"]:
         names = list(methods.METHODS)
-    minimums = {"batch_size": 1, "steps": 1, "repeats": 1, "num_classes": 2,
-                "num_peers": 2, "image_size": 0}
+    minimums = {
+        "batch_size": 1,
+        "steps": 1,
+        "repeats": 1,
+        "num_classes": 2,
+        "num_peers": 2,
+        "image_size": 0,
+    }
     for name, minimum in minimums.items():
         if getattr(args, name) < minimum:
-            raise CommandError(f"--{name} must be at least {minimum}, got {getattr(args, name)}")
+            raise CommandError(
+                f"--{name} must be at least {minimum}, got {getattr(args, name)}"
+            )
     try:
         for name in names:
             methods.check_method(name)
@@ -167,7 +196,9 @@ def run_benchmark(args):
     models = {}
     for name in names:
         model = methods.build_method(
-            name, make_backbone(input_shape=shape), args.num_classes,
+            name,
+            make_backbone(input_shape=shape),
+            args.num_classes,
             num_peers=args.num_peers,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
@@ -179,15 +210,25 @@ def run_benchmark(args):
         f"Timing {', '.join(names)} on {args.backbone} ({size}x{size}), batch "
         f"{args.batch_size}, {keras.backend.backend()} backend:"
     )
-    progress = keras.utils.Progbar(len(models) * (args.repeats + 1), unit_name="fit call")
+    progress = keras.utils.Progbar(
+        len(models) * (args.repeats + 1), unit_name="fit call"
+    )
     results = benchmark.time_models(
-        models, x, y, args.batch_size, args.steps, args.repeats, warmup_steps=2,
+        models,
+        x,
+        y,
+        args.batch_size,
+        args.steps,
+        args.repeats,
+        warmup_steps=2,
         progress=progress,
     )
     print(f"{'method':<26}{'images/s':>10}{'step s':>9}{'x vanilla':>11}")
     for name, r in results.items():
         ratio = f"{r['ratio_to_vanilla']:.2f}" if "ratio_to_vanilla" in r else "-"
-        print(f"{name:<26}{r['images_per_sec']:>10.1f}{r['step_seconds']:>9.3f}{ratio:>11}")
+        print(
+            f"{name:<26}{r['images_per_sec']:>10.1f}{r['step_seconds']:>9.3f}{ratio:>11}"
+        )
 
 
 def run_export(args):
@@ -212,8 +253,7 @@ def run_export(args):
         model = keras.saving.load_model(args.checkpoint)
     except Exception as error:  # Keras raises several types for bad files.
         raise CommandError(
-            f"could not load {args.checkpoint!r} as a Keras model: "
-            f"{_first_line(error)}"
+            f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}"
         )
     from keras_pcl.multi_branch import MultiBranchModel
 
@@ -235,8 +275,11 @@ def run_export(args):
         )
     except (ValueError, FileExistsError, ImportError) as error:
         raise CommandError(_first_line(error))
-    kind = "peer" if not model.has_mean_teachers else (
-        "student" if args.student else "mean teacher")
+    kind = (
+        "peer"
+        if not model.has_mean_teachers
+        else ("student" if args.student else "mean teacher")
+    )
     index = keras_pcl.export.resolve_peer(model, peer)
     print(
         f"Exported peer {index} ({kind}, {exported.count_params():,} "
@@ -264,9 +307,16 @@ def _add_field_argument(parser, name):
     if choices:
         parser.add_argument(f"--{name}", choices=choices, default=default, help=help)
     elif field.type in (bool, "bool"):
-        parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help)
+        parser.add_argument(
+            f"--{name}",
+            action=argparse.BooleanOptionalAction,
+            default=default,
+            help=help,
+        )
     elif field.type in (tuple, "tuple"):
-        parser.add_argument(f"--{name}", type=_int_tuple, default=default, metavar="A,B", help=help)
+        parser.add_argument(
+            f"--{name}", type=_int_tuple, default=default, metavar="A,B", help=help
+        )
     elif field.type in (int, "int"):
         parser.add_argument(f"--{name}", type=int, default=default, help=help)
     elif field.type in (float, "float"):
@@ -279,14 +329,18 @@ def _int_tuple(text):
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        )
 
 
 def run_train(args):
     """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
     from keras_pcl import training
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)}
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
+    }
     try:
         result = training.train(training.TrainConfig(**values))
     except (ValueError, FileNotFoundError, ImportError) as error:
@@ -300,7 +354,9 @@ def run_train(args):
 def run_evaluate(args):
     """`keras-pcl evaluate`: accuracy on the validation split."""
     if not os.path.isfile(args.checkpoint):
-        raise CommandError(f"checkpoint {args.checkpoint!r} does not exist or is not a file")
+        raise CommandError(
+            f"checkpoint {args.checkpoint!r} does not exist or is not a file"
+        )
     import keras
     import numpy as np
 
@@ -308,36 +364,60 @@ def run_evaluate(args):
     from keras_pcl import training
 
     config = training.TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size,
-        validation_split=args.validation_split, seed=args.seed,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
     )
     try:
         splits = training.load_data(config)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CommandError(_first_line(error))
     if splits.validation is None:
-        raise CommandError("the dataset has no validation split (--validation_split is 0)")
+        raise CommandError(
+            "the dataset has no validation split (--validation_split is 0)"
+        )
     validation = splits.validation
     if config.dataset != "imagenet2012":
         validation = validation.batch(args.batch_size)
     try:
         model = keras.saving.load_model(args.checkpoint)
     except Exception as error:  # Keras raises several types for bad files.
-        raise CommandError(f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}")
+        raise CommandError(
+            f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}"
+        )
     from keras_pcl.multi_branch import MultiBranchModel
 
     if isinstance(model, keras_pcl.PeerCollaborativeModel):
         scores = model.evaluate(validation, verbose=1, return_dict=True)
-        rows = [(f"peer {j} (student)", scores[f"peer_{j}_accuracy"]) for j in range(model.num_peers)]
+        rows = [
+            (f"peer {j} (student)", scores[f"peer_{j}_accuracy"])
+            for j in range(model.num_peers)
+        ]
         rows.append(("peer ensemble", scores["ensemble_accuracy"]))
-        rows += [(f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"]) for j in range(model.num_peers)]
+        rows += [
+            (f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"])
+            for j in range(model.num_peers)
+        ]
         best = model.best_peer
         if best is not None:
-            rows.append((f"best peer {best.peer} (epoch {best.epoch + 1}), mean teacher", scores[f"mean_teacher_{best.peer}_accuracy"]))
+            rows.append(
+                (
+                    f"best peer {best.peer} (epoch {best.epoch + 1}), mean teacher",
+                    scores[f"mean_teacher_{best.peer}_accuracy"],
+                )
+            )
     elif isinstance(model, MultiBranchModel):  # A baseline.
         scores = model.evaluate(validation, verbose=1, return_dict=True)
-        rows = [(f"{type(model).__name__} {name[:-len('_accuracy')].replace('_', ' ')}", value)
-                for name, value in scores.items() if name.endswith("_accuracy")]
+        rows = [
+            (
+                f"{type(model).__name__} {name[: -len('_accuracy')].replace('_', ' ')}",
+                value,
+            )
+            for name, value in scores.items()
+            if name.endswith("_accuracy")
+        ]
     else:
         correct = total = 0
         for images, labels in validation:

@@ -94,9 +94,7 @@ def serving_model(network, data_format=None):
         network, clone_function=_normalization_as_rescaling
     )
     logits = keras.layers.Identity(name="logits", dtype="float32")(network(x))
-    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(
-        logits
-    )
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
     return keras.Model(
         images,
         {"logits": logits, "probabilities": probabilities},
@@ -175,8 +173,7 @@ def export_peer(
     """
     if format not in FORMATS:
         raise ValueError(
-            f"`format` must be one of {list(FORMATS)}. "
-            f"Received: format={format!r}"
+            f"`format` must be one of {list(FORMATS)}. Received: format={format!r}"
         )
     backend = keras.backend.backend()
     if backend not in _FORMAT_BACKENDS[format]:
@@ -289,7 +286,7 @@ def _check_modules(format, backend):
         raise ImportError(
             f"`format={format!r}` on the {backend} backend needs "
             f"{', '.join(missing)}. Install them with "
-            "`pip install \"keras-pcl[export]\"`."
+            '`pip install "keras-pcl[export]"`.'
         )
 
 

@@ -15,9 +15,7 @@ PCL_VARIANTS = {
     "pcl_no_mean_teachers": {"distill_from_mean_teachers": False},
     "pcl_shared_augmentation": {"shared_augmentation": True},
 }
-METHODS = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip") + tuple(
-    PCL_VARIANTS
-)
+METHODS = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip") + tuple(PCL_VARIANTS)
 # Methods whose loss has the ramp-up weight `w(t)`.
 _RAMPED = {"one", "cl_ilr", "okddip"} | set(PCL_VARIANTS)
 # Methods with a distillation temperature (vanilla has none).
@@ -75,7 +73,6 @@ def build_method(
             **kwargs,
         )
     return keras_pcl.baselines.get(name)(backbone, num_classes, **kwargs)
-
 
 
 def check_method(name):

@@ -36,6 +36,7 @@ from keras_pcl.multi_branch import per_view
 from keras_pcl.multi_branch import raise_invalid
 from keras_pcl.splitting import fresh_clone
 
+
 @keras.saving.register_keras_serializable(package="keras_pcl")
 class PeerCollaborativeModel(MultiBranchModel):
     """Peer Collaborative Learning (Wu & Gong, AAAI 2021) around a backbone.
@@ -164,8 +165,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         )
         self.mean_teacher_trunk = fresh_clone(self.trunk, "mean_teacher_trunk")
         self.mean_teacher_heads = [
-            fresh_clone(head, f"mean_teacher_{j}_head")
-            for j in range(num_peers)
+            fresh_clone(head, f"mean_teacher_{j}_head") for j in range(num_peers)
         ]
         self.mean_teacher_classifiers = [
             dense_classifier(
@@ -208,9 +208,7 @@ class PeerCollaborativeModel(MultiBranchModel):
             "peer_logits": self._classify(features),
             "ensemble_logits": self.ensemble_classifier(ensemble_input),
             "mean_teacher_logits": [
-                ops.stop_gradient(
-                    classifier(head(teacher_trunk[j], training=training))
-                )
+                ops.stop_gradient(classifier(head(teacher_trunk[j], training=training)))
                 for j, (head, classifier) in enumerate(teacher_heads)
             ],
         }
@@ -336,6 +334,4 @@ def _keep_tensorflow_read_before_write_order():
     """
     import tensorflow as tf
 
-    tf.config.optimizer.set_experimental_options(
-        {"dependency_optimization": False}
-    )
+    tf.config.optimizer.set_experimental_options({"dependency_optimization": False})

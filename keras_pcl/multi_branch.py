@@ -155,9 +155,7 @@ class MultiBranchModel(keras.Model):
                 f"Received: preprocessing={preprocessing!r}"
             )
         if not (
-            augmentation is None
-            or augmentation == "default"
-            or callable(augmentation)
+            augmentation is None or augmentation == "default" or callable(augmentation)
         ):
             raise ValueError(
                 "`augmentation` must be 'default', None, a Keras layer or a "
@@ -534,9 +532,7 @@ class MultiBranchModel(keras.Model):
         ]
 
     def _classify(self, features):
-        return [
-            classifier(f) for classifier, f in zip(self.peer_classifiers, features)
-        ]
+        return [classifier(f) for classifier, f in zip(self.peer_classifiers, features)]
 
     # ------------------------------------------------------------------
     # Loss and metrics
@@ -665,9 +661,7 @@ class MultiBranchModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"]
-        )
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["preprocessing"] = keras.saving.deserialize_keras_object(
             config["preprocessing"]
         )

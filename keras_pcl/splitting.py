@@ -198,7 +198,8 @@ def recommended_split(backbone):
         if not re.fullmatch(model_pattern, backbone.name):
             continue
         matches = [
-            layer for layer in backbone.layers
+            layer
+            for layer in backbone.layers
             if re.fullmatch(layer_pattern, layer.name)
         ]
         if matches:
@@ -340,9 +341,7 @@ def _final_classifier(output):
         dense = previous._keras_history.operation
         description = f"{layer.__class__.__name__} giving probabilities"
         if isinstance(dense, keras.layers.Dense):
-            description = (
-                f"Dense followed by {layer.__class__.__name__} '{layer.name}'"
-            )
+            description = f"Dense followed by {layer.__class__.__name__} '{layer.name}'"
             layer, output = dense, previous
     else:
         return None

@@ -113,23 +113,50 @@ class TrainConfig:
 
     def validate(self):
         """Raises a `ValueError` naming the first bad field."""
-        _check(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {list(STRATEGIES)}")
+        _check(
+            self.strategy in STRATEGIES,
+            "strategy",
+            self.strategy,
+            f"one of {list(STRATEGIES)}",
+        )
         _check(
             self.mixed_precision in MIXED_PRECISION,
             "mixed_precision",
             self.mixed_precision,
             f"one of {list(MIXED_PRECISION)}",
         )
-        _check(self.jit_compile in ("auto", "true", "false"), "jit_compile", self.jit_compile, "'auto', 'true' or 'false'")
+        _check(
+            self.jit_compile in ("auto", "true", "false"),
+            "jit_compile",
+            self.jit_compile,
+            "'auto', 'true' or 'false'",
+        )
         for name in ("num_peers", "epochs", "batch_size", "steps_per_execution"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, value, "an int >= 1")
         _check(self.num_peers >= 2, "num_peers", self.num_peers, "an int >= 2")
-        _check(isinstance(self.save_freq, int) and self.save_freq >= 0, "save_freq", self.save_freq, "an int >= 0")
-        _check(0 <= self.validation_split < 1, "validation_split", self.validation_split, "a fraction in [0, 1)")
+        _check(
+            isinstance(self.save_freq, int) and self.save_freq >= 0,
+            "save_freq",
+            self.save_freq,
+            "an int >= 0",
+        )
+        _check(
+            0 <= self.validation_split < 1,
+            "validation_split",
+            self.validation_split,
+            "a fraction in [0, 1)",
+        )
         _check(self.lr > 0, "lr", self.lr, "a positive number")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        _check(self.rampup_epochs >= 0, "rampup_epochs", self.rampup_epochs, "a number >= 0")
+        _check(
+            self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0"
+        )
+        _check(
+            self.rampup_epochs >= 0,
+            "rampup_epochs",
+            self.rampup_epochs,
+            "a number >= 0",
+        )
         from keras_pcl.export import FORMATS
 
         _check(
@@ -156,9 +183,13 @@ def define_flags(flag_values=None, defaults=None):
         value = getattr(defaults, field.name)
         help = FIELD_HELP[field.name]
         if field.name == "strategy":
-            flags.DEFINE_enum(field.name, value, STRATEGIES, help, flag_values=flag_values)
+            flags.DEFINE_enum(
+                field.name, value, STRATEGIES, help, flag_values=flag_values
+            )
         elif field.name == "mixed_precision":
-            flags.DEFINE_enum(field.name, value, MIXED_PRECISION, help, flag_values=flag_values)
+            flags.DEFINE_enum(
+                field.name, value, MIXED_PRECISION, help, flag_values=flag_values
+            )
         elif field.type in (tuple, "tuple"):
             default = None if value is None else [str(v) for v in value]
             flags.DEFINE_list(field.name, default, help, flag_values=flag_values)
@@ -181,7 +212,9 @@ def config_from_flags(flag_values=None):
     for field in dataclasses.fields(TrainConfig):
         value = flag_values[field.name].value
         if field.type in (tuple, "tuple") and value is not None:
-            value = tuple(int(v) if field.name == "image_size" else float(v) for v in value)
+            value = tuple(
+                int(v) if field.name == "image_size" else float(v) for v in value
+            )
         values[field.name] = value
     return TrainConfig(**values)
 
@@ -370,7 +403,9 @@ def _jax_distribution(name):
         )
     if name == "cpu" or len(devices) == 1:
         return Distribution(name, 1)
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices)
+    )
     return Distribution(name, len(devices))
 
 
@@ -382,17 +417,27 @@ def set_mixed_precision(mode, distribution):
     CPU. Training stays correct: logits, losses and mean teachers are
     float32, and float16 gets Keras' loss scaling.
     """
-    _check(mode in MIXED_PRECISION, "mixed_precision", mode, f"one of {list(MIXED_PRECISION)}")
+    _check(
+        mode in MIXED_PRECISION,
+        "mixed_precision",
+        mode,
+        f"one of {list(MIXED_PRECISION)}",
+    )
     if mode == "none":
         keras.mixed_precision.set_global_policy("float32")
         return
     device = _device_kind(distribution)
-    if (mode == "float16" and device in ("cpu", "tpu")) or (mode == "bfloat16" and device == "cpu"):
+    if (mode == "float16" and device in ("cpu", "tpu")) or (
+        mode == "bfloat16" and device == "cpu"
+    ):
         warnings.warn(
             f"mixed_precision={mode!r} on {device.upper()}: training is "
             "correct but not faster (and may be slower); it pays off with "
-            + ("float16 on GPUs." if device == "cpu" and mode == "float16" else "bfloat16 on TPUs or recent GPUs.")
-            ,
+            + (
+                "float16 on GPUs."
+                if device == "cpu" and mode == "float16"
+                else "bfloat16 on TPUs or recent GPUs."
+            ),
             stacklevel=2,
         )
     keras.mixed_precision.set_global_policy(f"mixed_{mode}")
@@ -451,7 +496,9 @@ def load_data(config):
         loader = getattr(data, config.dataset)
         return loader(data_dir=config.data_dir, download=config.download, **unbatched)
     if os.path.isdir(config.dataset):
-        return data.image_folder(config.dataset, image_size=config.image_size, **unbatched)
+        return data.image_folder(
+            config.dataset, image_size=config.image_size, **unbatched
+        )
     raise ValueError(
         "`dataset` must be 'digits', 'cifar10', 'cifar100', 'imagenet2012' or the path "
         f"of an image folder (one sub-folder per class); no directory "
@@ -504,7 +551,9 @@ def training_stream(examples, config, steps_per_epoch):
             image = tf.gather(images, i)
             return (
                 tuple(
-                    view_fn(image, tf.stack([epoch, position * config.num_peers + j]) + seed)
+                    view_fn(
+                        image, tf.stack([epoch, position * config.num_peers + j]) + seed
+                    )
                     for j in range(config.num_peers)
                 ),
                 tf.gather(labels, i),
@@ -596,7 +645,9 @@ def train(config, callbacks=()):
     with distribution.scope():
         backbone = build_backbone_fn(config.backbone)(
             input_shape=image_shape,
-            kernel_regularizer=keras.regularizers.L2(config.weight_decay / 2) if config.weight_decay else None,
+            kernel_regularizer=keras.regularizers.L2(config.weight_decay / 2)
+            if config.weight_decay
+            else None,
         )
         model = keras_pcl.PeerCollaborativeModel(
             backbone,
@@ -614,8 +665,12 @@ def train(config, callbacks=()):
             boundaries, [config.lr * 0.1**i for i in range(len(boundaries) + 1)]
         )
         model.compile(
-            optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True),
-            jit_compile={"auto": "auto", "true": True, "false": False}[config.jit_compile],
+            optimizer=keras.optimizers.SGD(
+                schedule, momentum=config.momentum, nesterov=True
+            ),
+            jit_compile={"auto": "auto", "true": True, "false": False}[
+                config.jit_compile
+            ],
             steps_per_execution=config.steps_per_execution,
         )
 
@@ -624,7 +679,9 @@ def train(config, callbacks=()):
         "logs": os.path.join(config.workdir, "logs"),
         "best_peer": os.path.join(config.workdir, "best_peer.keras"),
         "model": os.path.join(config.workdir, "pcl.keras"),
-        "export": os.path.join(config.workdir, "export" + _export_suffix(config.export_format)),
+        "export": os.path.join(
+            config.workdir, "export" + _export_suffix(config.export_format)
+        ),
     }
     backup = _RestoreOnceBackup(
         paths["backup"], save_freq=config.save_freq or "epoch", delete_checkpoint=False
@@ -635,7 +692,9 @@ def train(config, callbacks=()):
     backup.on_train_begin()
     initial_step = int(keras.ops.convert_to_numpy(model.step_counter.value))
     callbacks = [
-        keras_pcl.callbacks.BestPeerTracker(filepath=paths["best_peer"], verbose=config.verbose),
+        keras_pcl.callbacks.BestPeerTracker(
+            filepath=paths["best_peer"], verbose=config.verbose
+        ),
         backup,
         keras.callbacks.TensorBoard(paths["logs"]),
         keras.callbacks.TerminateOnNaN(),
@@ -674,12 +733,16 @@ def train(config, callbacks=()):
             history.setdefault(key, []).extend(values)
         if model.stop_training:
             break
-        iterator_data = stream if imagenet else stream.skip((end_epoch - initial_epoch) * steps)
+        iterator_data = (
+            stream if imagenet else stream.skip((end_epoch - initial_epoch) * steps)
+        )
 
     model.save(paths["model"])
     if config.export_format != "none":
         peer = "best" if model.best_peer is not None else "deploy"
-        model.export_peer(paths["export"], peer=peer, format=config.export_format, overwrite=True)
+        model.export_peer(
+            paths["export"], peer=peer, format=config.export_format, overwrite=True
+        )
     return {
         "history": history,
         "best_peer": model.best_peer,
@@ -687,7 +750,9 @@ def train(config, callbacks=()):
         "initial_step": initial_step,
         "paths": paths,
         "steps_per_epoch": steps_per_epoch,
-        "final_step": int(np.asarray(keras.ops.convert_to_numpy(model.step_counter.value))),
+        "final_step": int(
+            np.asarray(keras.ops.convert_to_numpy(model.step_counter.value))
+        ),
     }
 
 
@@ -735,7 +800,15 @@ def _preprocessing_statistics(config, splits):
 
 
 # Fields that may change between a run and its resumption.
-_RESUMABLE_FIELDS = ("epochs", "verbose", "workdir", "export_format", "save_freq", "data_dir", "download")
+_RESUMABLE_FIELDS = (
+    "epochs",
+    "verbose",
+    "workdir",
+    "export_format",
+    "save_freq",
+    "data_dir",
+    "download",
+)
 
 
 def _check_workdir_config(config):
@@ -750,7 +823,9 @@ def _check_workdir_config(config):
             if key not in _RESUMABLE_FIELDS and current.get(key) != previous.get(key)
         )
         if changed:
-            details = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            details = ", ".join(
+                f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed
+            )
             raise ValueError(
                 f"`workdir` {config.workdir!r} holds a backup of a run with "
                 f"another configuration ({details}); resuming would mix the "

@@ -68,7 +68,11 @@ def test_writes_the_best_peer_only_when_it_improves(tmp_path):
     run_epochs(
         tracker,
         model,
-        [epoch_logs(0.5, 0.6, 0.4), epoch_logs(0.5, 0.5, 0.5), epoch_logs(0.5, 0.5, 0.9)],
+        [
+            epoch_logs(0.5, 0.6, 0.4),
+            epoch_logs(0.5, 0.5, 0.5),
+            epoch_logs(0.5, 0.5, 0.9),
+        ],
     )
     assert sorted(os.listdir(tmp_path)) == [
         "best_epoch1_peer1.keras",
@@ -89,7 +93,9 @@ def test_without_validation_data_warns_once_and_keeps_the_default_peer():
     model.compile(optimizer="sgd")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[BestPeerTracker()])
+        model.fit(
+            x, y, batch_size=16, epochs=3, verbose=0, callbacks=[BestPeerTracker()]
+        )
     messages = [str(w.message) for w in caught if "BestPeerTracker" in str(w.message)]
     assert len(messages) == 1, messages
     assert "val_mean_teacher_0_accuracy" in messages[0]
@@ -103,8 +109,13 @@ def test_record_survives_save_and_load(tmp_path):
     model = make_model()
     model.compile(optimizer="sgd")
     model.fit(
-        x, y, batch_size=16, epochs=2, verbose=0,
-        validation_data=(x_val, y_val), callbacks=[BestPeerTracker(verbose=0)],
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        validation_data=(x_val, y_val),
+        callbacks=[BestPeerTracker(verbose=0)],
     )
     record = model.best_peer
     assert record is not None
@@ -140,7 +151,11 @@ def test_a_resumed_run_keeps_the_record_restored_by_backup_and_restore(tmp_path)
     def fit(model, epochs, extra):
         model.compile(optimizer="sgd")
         model.fit(
-            x, y, batch_size=16, epochs=epochs, verbose=0,
+            x,
+            y,
+            batch_size=16,
+            epochs=epochs,
+            verbose=0,
             validation_data=(x_val, y_val),
             callbacks=[
                 BestPeerTracker(verbose=0),
@@ -169,7 +184,10 @@ def test_a_resumed_run_keeps_the_record_restored_by_backup_and_restore(tmp_path)
 def test_rejects_other_models_and_bad_arguments():
     with pytest.raises(ValueError, match="export_format.*Received: export_format='h5'"):
         BestPeerTracker(export_format="h5")
-    with pytest.raises(ValueError, match="mean_teacher.*True, False or None.*Received: mean_teacher='yes'"):
+    with pytest.raises(
+        ValueError,
+        match="mean_teacher.*True, False or None.*Received: mean_teacher='yes'",
+    ):
         BestPeerTracker(mean_teacher="yes")
     plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     tracker = BestPeerTracker()

@@ -22,7 +22,11 @@ def checkpoint(tmp_path_factory):
     )
     model.compile(optimizer="sgd")
     model.fit(
-        x, y, batch_size=16, epochs=2, verbose=0,
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
         validation_data=(x_val, y_val),
         callbacks=[keras_pcl.callbacks.BestPeerTracker(verbose=0)],
     )
@@ -55,7 +59,9 @@ def test_export_errors_are_one_line_with_exit_code_1(checkpoint, tmp_path, capsy
 
     code, lines = error_of(["export", str(tmp_path / "missing.keras"), output])
     assert code == cli.EXIT_ERROR and len(lines) == 1
-    assert "does not exist" in lines[0] and lines[0].startswith("keras-pcl export: error:")
+    assert "does not exist" in lines[0] and lines[0].startswith(
+        "keras-pcl export: error:"
+    )
 
     code, lines = error_of(["export", path, output, "--peer", "7", "--format", "keras"])
     assert code == cli.EXIT_ERROR and len(lines) == 1 and "peer=7" in lines[0]
@@ -101,12 +107,23 @@ def test_console_script_is_declared():
 @torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
 def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
     workdir = tmp_path / "run"
-    code = cli.main([
-        "train", "--dataset=digits", "--image_size=8,8", "--backbone=resnet8",
-        "--num_peers=2", "--epochs=1", "--batch_size=16", "--steps_per_epoch=1",
-        "--validation_split=0.2", f"--workdir={workdir}", "--save_freq=0",
-        "--export_format=keras", "--verbose=0",
-    ])
+    code = cli.main(
+        [
+            "train",
+            "--dataset=digits",
+            "--image_size=8,8",
+            "--backbone=resnet8",
+            "--num_peers=2",
+            "--epochs=1",
+            "--batch_size=16",
+            "--steps_per_epoch=1",
+            "--validation_split=0.2",
+            f"--workdir={workdir}",
+            "--save_freq=0",
+            "--export_format=keras",
+            "--verbose=0",
+        ]
+    )
     assert code == cli.EXIT_OK, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "Best peer: BestPeer(peer=" in out and "Exported best peer" in out
@@ -115,12 +132,21 @@ def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
     assert cli.main(["evaluate", str(workdir / "pcl.keras"), *args]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "(359 images)" in out  # 20% of each digit class, rounded half up
-    for row in ["peer 0 (student)", "peer 1 (student)", "peer ensemble",
-                "peer 1 mean teacher", "best peer"]:
+    for row in [
+        "peer 0 (student)",
+        "peer 1 (student)",
+        "peer ensemble",
+        "peer 1 mean teacher",
+        "best peer",
+    ]:
         assert row in out, row
     model = keras.saving.load_model(workdir / "pcl.keras")
     best = model.best_peer.peer
-    pcl_row = next(l for l in out.splitlines() if f"peer {best} mean teacher" in l and "best" not in l)
+    pcl_row = next(
+        l
+        for l in out.splitlines()
+        if f"peer {best} mean teacher" in l and "best" not in l
+    )
 
     assert cli.main(["evaluate", str(workdir / "export.keras"), *args]) == cli.EXIT_OK
     plain_row = capsys.readouterr().out.strip().splitlines()[-1]
@@ -133,7 +159,9 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_ERROR and len(lines) == 1 and "resnet9" in lines[0]
 
-    code = cli.main(["train", f"--dataset={tmp_path}/nowhere", f"--workdir={tmp_path}/w"])
+    code = cli.main(
+        ["train", f"--dataset={tmp_path}/nowhere", f"--workdir={tmp_path}/w"]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_ERROR and len(lines) == 1 and "no directory" in lines[0]
 
@@ -148,14 +176,24 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
 
 @torch_only_in_ci  # `fit` timing on every backend is in tests of the library.
 def test_benchmark_times_each_method_against_vanilla(capsys):
-    code = cli.main([
-        "benchmark", "--methods=vanilla,cl_ilr", "--backbone=resnet8",
-        "--image_size=8", "--batch_size=4", "--steps=1", "--repeats=1",
-    ])
+    code = cli.main(
+        [
+            "benchmark",
+            "--methods=vanilla,cl_ilr",
+            "--backbone=resnet8",
+            "--image_size=8",
+            "--batch_size=4",
+            "--steps=1",
+            "--repeats=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == cli.EXIT_OK
-    rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split() and line.split()[0] in ("vanilla", "cl_ilr")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if line.split() and line.split()[0] in ("vanilla", "cl_ilr")
+    }
     assert float(rows["vanilla"][1]) > 0 and rows["vanilla"][3] == "1.00"
     assert float(rows["cl_ilr"][3]) > 0  # Step time relative to vanilla's.
 

@@ -43,7 +43,10 @@ def backbone():
 def make_model():
     keras.utils.set_random_seed(0)
     model = keras_pcl.PeerCollaborativeModel(
-        backbone(), num_classes=3, split_at="split", augmentation=None,
+        backbone(),
+        num_classes=3,
+        split_at="split",
+        augmentation=None,
         rampup_steps=2,
     )
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
@@ -79,7 +82,9 @@ def main(out_path):
     for key in ("loss", "ce", "pe", "pm"):
         arrays[f"single_log_{key}"] = np.array(single_logs[key])
         arrays[f"parallel_log_{key}"] = np.array(parallel_logs[key])
-    for i, (w, a, b) in enumerate(zip(single.weights, single_weights, parallel_weights)):
+    for i, (w, a, b) in enumerate(
+        zip(single.weights, single_weights, parallel_weights)
+    ):
         arrays[f"single_weight_{i}_{w.path}"] = a
         arrays[f"parallel_weight_{i}_{w.path}"] = b
     np.savez(out_path, **arrays)

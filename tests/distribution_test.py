@@ -28,22 +28,33 @@ def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     result = subprocess.run(
         [sys.executable, SCRIPT, str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     arrays = np.load(out)
     for key in ("loss", "ce", "pe", "pm"):
         np.testing.assert_allclose(
-            arrays[f"parallel_log_{key}"], arrays[f"single_log_{key}"],
-            rtol=1e-5, err_msg=key,
+            arrays[f"parallel_log_{key}"],
+            arrays[f"single_log_{key}"],
+            rtol=1e-5,
+            err_msg=key,
         )
-    names = [k[len("single_weight_"):] for k in arrays.files if k.startswith("single_weight_")]
+    names = [
+        k[len("single_weight_") :]
+        for k in arrays.files
+        if k.startswith("single_weight_")
+    ]
     assert any("mean_teacher" in n for n in names)
     assert any("pcl_step" in n for n in names)
     for name in names:
         np.testing.assert_allclose(
-            arrays[f"parallel_weight_{name}"], arrays[f"single_weight_{name}"],
-            atol=1e-6, err_msg=name,
+            arrays[f"parallel_weight_{name}"],
+            arrays[f"single_weight_{name}"],
+            atol=1e-6,
+            err_msg=name,
         )
 
 
@@ -58,7 +69,10 @@ def test_xla_compiled_steps_equal_graph_steps():
     for jit_compile in (False, True):
         keras.utils.set_random_seed(4)
         model = keras_pcl.PeerCollaborativeModel(
-            tiny_backbone(), num_classes=3, split_at="split", augmentation=None,
+            tiny_backbone(),
+            num_classes=3,
+            split_at="split",
+            augmentation=None,
             rampup_steps=3,
         )
         model.compile(

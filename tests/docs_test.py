@@ -41,7 +41,9 @@ def test_howto_recipes_run_as_written(tmp_path, monkeypatch, capsys):
         try:
             exec(compile(block, f"docs/howto.md block {i}", "exec"), namespace)
         except Exception as error:  # Name the failing block.
-            raise AssertionError(f"docs/howto.md block {i} failed: {error!r}") from error
+            raise AssertionError(
+                f"docs/howto.md block {i} failed: {error!r}"
+            ) from error
     out = capsys.readouterr().out
     assert "block_12_add" in out
     assert "('cats', 'dogs') 12 4" in out
@@ -92,7 +94,9 @@ def small_world(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     # "../shared/data/cifar10/train" and "my_images", as the snippets say.
-    write_image_folder(str(tmp_path / "shared/data/cifar10/train"), classes=3, per_class=10, size=32)
+    write_image_folder(
+        str(tmp_path / "shared/data/cifar10/train"), classes=3, per_class=10, size=32
+    )
     write_image_folder(str(work / "my_images"), classes=2, per_class=10, size=40)
 
     original_fit = keras.Model.fit
@@ -110,9 +114,11 @@ def small_world(tmp_path, monkeypatch):
     monkeypatch.setattr(
         keras_pcl.backbones,
         "get",
-        lambda name, **kwargs: small(**kwargs)
-        if name in ("resnet20", "resnet32", "resnet56")
-        else real_get(name, **kwargs),
+        lambda name, **kwargs: (
+            small(**kwargs)
+            if name in ("resnet20", "resnet32", "resnet56")
+            else real_get(name, **kwargs)
+        ),
     )
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(24, 32, 32, 3), dtype="uint8")
@@ -124,10 +130,16 @@ def small_world(tmp_path, monkeypatch):
         "tf": tf,
         "keras": keras,
         "keras_pcl": keras_pcl,
-        "x_train_uint8": images[:16], "y_train": labels[:16],
-        "x_uint8": images[:16], "x": images[:16], "y": labels[:16],
-        "x_val": images[16:], "y_val": labels[16:],
-        "raw_images": images[:4], "images_uint8": images, "labels": labels,
+        "x_train_uint8": images[:16],
+        "y_train": labels[:16],
+        "x_uint8": images[:16],
+        "x": images[:16],
+        "y": labels[:16],
+        "x_val": images[16:],
+        "y_val": labels[16:],
+        "raw_images": images[:4],
+        "images_uint8": images,
+        "labels": labels,
     }
     return namespace, tfds.testing.mock_data(num_examples=8)
 

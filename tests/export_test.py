@@ -69,9 +69,7 @@ def test_every_format_reloads_in_a_fresh_process_and_predicts_the_same(
     model, x_val = trained
     best = model.best_peer.peer
     images = x_val[:10].astype("float32")  # raw pixels in [0, 255]
-    expected = keras.ops.convert_to_numpy(
-        model.get_peer(best)(images, training=False)
-    )
+    expected = keras.ops.convert_to_numpy(model.get_peer(best)(images, training=False))
     specs = []
     for format in WRITES:
         path = str(tmp_path / PATHS[format])
@@ -172,7 +170,9 @@ def test_channels_first_network_is_served_channels_last():
 def test_bad_export_arguments_raise_clear_errors(trained, tmp_path):
     model, _ = trained
     path = str(tmp_path / "peer.keras")
-    with pytest.raises(ValueError, match=r"`peer` must be a peer index in \[0, 2\].*peer=3"):
+    with pytest.raises(
+        ValueError, match=r"`peer` must be a peer index in \[0, 2\].*peer=3"
+    ):
         model.export_peer(path, peer=3, format="keras")
     with pytest.raises(ValueError, match="`peer` must be 'best', 'deploy' or an int"):
         model.export_peer(path, peer="first", format="keras")

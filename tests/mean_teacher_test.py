@@ -55,9 +55,7 @@ def pairs(model):
 
 
 def trainable_mask(model):
-    return [
-        [v.trainable for v in student.weights] for student, _ in pairs(model)
-    ]
+    return [[v.trainable for v in student.weights] for student, _ in pairs(model)]
 
 
 class RecordStudentWeights(keras.callbacks.Callback):
@@ -66,9 +64,7 @@ class RecordStudentWeights(keras.callbacks.Callback):
         self.history = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.history.append(
-            [weights_of(student) for student, _ in pairs(self.model)]
-        )
+        self.history.append([weights_of(student) for student, _ in pairs(self.model)])
 
 
 def expected_mean_teacher(history, decay):
@@ -113,8 +109,15 @@ def recorded_run(jit_compile):
         )
         initial = model.get_weights()
         recorder = RecordStudentWeights()
-        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[recorder])
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[recorder],
+        )
         assert len(recorder.history) == STEPS
         expected = expected_mean_teacher(recorder.history, EMA_DECAY)
         _runs[jit_compile] = (x, y, initial, expected, model)

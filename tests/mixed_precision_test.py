@@ -39,7 +39,10 @@ def test_trains_with_float32_losses_and_mean_teachers(policy):
     outputs = model(x[:4], training=True)
     for logits in outputs["peer_logits"] + outputs["mean_teacher_logits"]:
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"
-    assert keras.backend.standardize_dtype(model.predict(x[:4], verbose=0).dtype) == "float32"
+    assert (
+        keras.backend.standardize_dtype(model.predict(x[:4], verbose=0).dtype)
+        == "float32"
+    )
     for variable, value in zip(model.weights, model.get_weights()):
         if "best_peer_score" not in variable.path:  # -inf until recorded
             assert np.all(np.isfinite(value)), variable.path

@@ -74,7 +74,7 @@ def test_evaluate_reports_the_same_accuracies(trained):
     results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
     for j in range(3):
         acc = results[f"mean_teacher_{j}_accuracy"]
-        want = (model.get_peer(j).predict(x_val, verbose=0).argmax(-1) == y_val)
+        want = model.get_peer(j).predict(x_val, verbose=0).argmax(-1) == y_val
         assert acc == pytest.approx(want.mean(), abs=1e-6)
         student = model.get_peer(j, mean_teacher=False).predict(x_val, verbose=0)
         assert results[f"peer_{j}_accuracy"] == pytest.approx(
@@ -141,8 +141,16 @@ def test_config_json_round_trip():
     model = make_model(temperature=4.0, ema_decay=0.99, num_peers=2, deploy_peer=1)
     config = json.loads(json.dumps(model.get_config()))
     clone = keras_pcl.PeerCollaborativeModel.from_config(config)
-    for key in ["num_classes", "num_peers", "split_at", "temperature",
-                "ema_decay", "consistency_weight", "rampup_steps", "deploy_peer"]:
+    for key in [
+        "num_classes",
+        "num_peers",
+        "split_at",
+        "temperature",
+        "ema_decay",
+        "consistency_weight",
+        "rampup_steps",
+        "deploy_peer",
+    ]:
         assert getattr(clone, key) == getattr(model, key), key
     assert clone.count_params() == model.count_params()
 
@@ -153,9 +161,7 @@ def test_peers_start_from_independent_initialisations():
         keras.ops.convert_to_numpy(head.get_layer(f"peer_{j}_head_conv2").kernel)
         for j, head in enumerate(model.peer_heads)
     ]
-    classifiers = [
-        keras.ops.convert_to_numpy(c.kernel) for c in model.peer_classifiers
-    ]
+    classifiers = [keras.ops.convert_to_numpy(c.kernel) for c in model.peer_classifiers]
     for group in (kernels, classifiers):
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
@@ -221,11 +227,15 @@ def test_without_the_ensemble_teacher_its_loss_does_not_reach_the_peers(
     model = make_model(distill_from_ensemble=distill, augmentation=None)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     student = [model.trunk, *model.peer_heads, *model.peer_classifiers]
-    before = [keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights]
+    before = [
+        keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights
+    ]
     ensemble_before = keras.ops.convert_to_numpy(model.ensemble_classifier.kernel)
     x, y = colour_dataset(16)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-    after = [keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights]
+    after = [
+        keras.ops.convert_to_numpy(w) for l in student for w in l.trainable_weights
+    ]
     moved = max(np.abs(a - b).max() for a, b in zip(after, before))
     assert (moved > 1e-6) == distill
     ensemble_after = keras.ops.convert_to_numpy(model.ensemble_classifier.kernel)
@@ -240,9 +250,7 @@ def test_views_from_the_input_pipeline_are_used_as_given():
     views = (x, x[:, ::-1], x[:, :, ::-1])
     out = model.peer_views(views)
     for given, got in zip(views, out):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(got), given / 255.0, 1e-6
-        )
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), given / 255.0, 1e-6)
     model.compile(optimizer=sgd())
     history = model.fit(views, y, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
@@ -254,7 +262,9 @@ def test_one_hot_labels_train_like_integer_labels():
     for labels in (y, np.eye(3, dtype="float32")[y]):
         model = make_model(augmentation=None, seed=4)
         model.compile(optimizer=sgd())
-        history = model.fit(x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        history = model.fit(
+            x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False
+        )
         losses.append(history.history["loss"][-1])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
 
@@ -264,7 +274,11 @@ def test_terminate_on_nan_stops_a_non_finite_run():
     model = make_model()
     model.compile(optimizer=keras.optimizers.SGD(1e6))  # diverges
     history = model.fit(
-        x, y, batch_size=16, epochs=3, verbose=0,
+        x,
+        y,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
         callbacks=[keras.callbacks.TerminateOnNaN()],
     )
     assert model.stop_training
@@ -281,11 +295,14 @@ def test_custom_preprocessing_is_part_of_the_deployed_network():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model.peer_views(x, training=False)[0]),
         (x - np.array(mean)) / np.sqrt(variance),
-        rtol=1e-5, atol=1e-5,
+        rtol=1e-5,
+        atol=1e-5,
     )
     np.testing.assert_allclose(
-        model.predict(x, verbose=0), model.get_peer(0).predict(x, verbose=0),
-        rtol=1e-5, atol=1e-5,
+        model.predict(x, verbose=0),
+        model.get_peer(0).predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -433,8 +450,12 @@ def test_nested_blocks_with_repeated_layer_names_train_correctly():
     def build(seed):
         keras.utils.set_random_seed(seed)
         model = keras_pcl.PeerCollaborativeModel(
-            backbone, num_classes=3, num_peers=2, split_at="split",
-            augmentation=None, rampup_steps=0,
+            backbone,
+            num_classes=3,
+            num_peers=2,
+            split_at="split",
+            augmentation=None,
+            rampup_steps=0,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.1))
         return model

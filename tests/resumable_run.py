@@ -31,10 +31,22 @@ class KillAtStep(keras.callbacks.Callback):
 
 def config(data_dir, workdir):
     return training.TrainConfig(
-        dataset=data_dir, backbone="resnet8", num_peers=2, epochs=2,
-        batch_size=4, lr=0.05, lr_decay_epochs=(2,), rampup_epochs=1.0,
-        validation_split=0.25, seed=3, deterministic=True, workdir=workdir,
-        save_freq=2, export_format="none", steps_per_epoch=5, verbose=0,
+        dataset=data_dir,
+        backbone="resnet8",
+        num_peers=2,
+        epochs=2,
+        batch_size=4,
+        lr=0.05,
+        lr_decay_epochs=(2,),
+        rampup_epochs=1.0,
+        validation_split=0.25,
+        seed=3,
+        deterministic=True,
+        workdir=workdir,
+        save_freq=2,
+        export_format="none",
+        steps_per_epoch=5,
+        verbose=0,
     )
 
 

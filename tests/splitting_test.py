@@ -34,10 +34,15 @@ def test_candidates_are_the_single_tensor_cuts():
     # Block outputs (before and after their ReLU) and the stem: nothing
     # inside a residual block, where the shortcut crosses.
     assert candidates == [
-        "stem_conv", "stem_bn", "stem_relu",
-        "stage1_block1_add", "stage1_block1_out",
-        "stage2_block1_add", "stage2_block1_out",
-        "stage3_block1_add", "stage3_block1_out",
+        "stem_conv",
+        "stem_bn",
+        "stem_relu",
+        "stage1_block1_add",
+        "stage1_block1_out",
+        "stage2_block1_add",
+        "stage2_block1_out",
+        "stage3_block1_add",
+        "stage3_block1_out",
     ]
 
 
@@ -132,7 +137,8 @@ def test_hand_written_skip_connection_model_end_to_end():
         split_backbone(backbone, "res_conv")
     model = _fit_one_step_and_check_the_peer(backbone, "res_out")
     assert [l.name for l in model.peer_heads[0].layers[1:]] == [
-        "peer_0_head_head_conv", "peer_0_head_pool"
+        "peer_0_head_head_conv",
+        "peer_0_head_pool",
     ]
 
 

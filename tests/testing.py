@@ -7,9 +7,7 @@ import numpy as np
 def tiny_backbone(image_size=8, channels=3, name="tiny"):
     """conv-BN-ReLU trunk, conv-BN-ReLU-pool peer: the smallest real split."""
     inputs = keras.Input((image_size, image_size, channels), name="images")
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(
-        inputs
-    )
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(inputs)
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU(name="split")(x)
     x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv2")(x)
@@ -42,9 +40,7 @@ def gradients(fn, tensors):
     if backend == "jax":
         import jax
 
-        grads = jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(arrays))))(
-            *arrays
-        )
+        grads = jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(arrays))))(*arrays)
         return [np.asarray(g) for g in grads]
     if backend == "tensorflow":
         import tensorflow as tf
@@ -56,8 +52,7 @@ def gradients(fn, tensors):
             value = fn(*variables)
         grads = tape.gradient(value, variables)
         return [
-            np.zeros_like(a) if g is None else g.numpy()
-            for a, g in zip(arrays, grads)
+            np.zeros_like(a) if g is None else g.numpy() for a, g in zip(arrays, grads)
         ]
     if backend == "torch":
         import torch

@@ -20,7 +20,9 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "resumable_run.py")
 def run(*args):
     return subprocess.run(
         [sys.executable, SCRIPT, *map(str, args)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
 
@@ -95,7 +97,9 @@ def test_bad_configuration_raises_a_clear_error(field, value, message):
 
 
 def test_dataset_that_is_neither_known_nor_a_folder_raises(tmp_path):
-    config = training.TrainConfig(dataset=str(tmp_path / "nowhere"), workdir=str(tmp_path / "w"))
+    config = training.TrainConfig(
+        dataset=str(tmp_path / "nowhere"), workdir=str(tmp_path / "w")
+    )
     with pytest.raises(ValueError, match="no directory"):
         training.train(config)
 
@@ -115,7 +119,9 @@ def test_strategies_this_machine_lacks_raise_clear_errors():
 def test_global_batch_must_split_evenly_over_replicas(tmp_path, monkeypatch):
     two = training.Distribution("mirrored", 2)
     monkeypatch.setattr(training, "make_distribution", lambda name: two)
-    config = training.TrainConfig(dataset=str(tmp_path), batch_size=5, workdir=str(tmp_path / "w"))
+    config = training.TrainConfig(
+        dataset=str(tmp_path), batch_size=5, workdir=str(tmp_path / "w")
+    )
     with pytest.raises(ValueError, match="divisible by the 2 replicas.*batch_size=5"):
         training.train(config)
 

@@ -132,9 +132,7 @@ class CIFARBottleneckResNet(keras.Model):
             "depth": self.depth,
             "width_factor": self.width_factor,
             "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,

@@ -120,9 +120,7 @@ class CIFARResNet(keras.Model):
         return {
             "depth": self.depth,
             "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,
@@ -158,9 +156,7 @@ def basic_block(x, width, stride, regularizer, data_format, name):
     y = layers.BatchNormalization(axis=bn_axis, name=f"{name}_bn2")(y)
     if stride != 1 or x.shape[bn_axis] != width:
         shortcut = conv(width, 1, stride, "shortcut_conv")(x)
-        shortcut = layers.BatchNormalization(
-            axis=bn_axis, name=f"{name}_shortcut_bn"
-        )(
+        shortcut = layers.BatchNormalization(axis=bn_axis, name=f"{name}_shortcut_bn")(
             shortcut
         )
     y = layers.Add(name=f"{name}_add")([y, shortcut])

@@ -95,9 +95,7 @@ class CIFARDenseNet(keras.Model):
         axis = channel_axis(data_format)
 
         inputs = keras.Input(shape=input_shape, name="images")
-        x = conv2d(2 * growth_rate, 3, 1, regularizer, data_format, "stem_conv")(
-            inputs
-        )
+        x = conv2d(2 * growth_rate, 3, 1, regularizer, data_format, "stem_conv")(inputs)
         for block in (1, 2, 3):
             for i in range(1, layers_per_block + 1):
                 x = dense_layer(
@@ -135,9 +133,7 @@ class CIFARDenseNet(keras.Model):
             "depth": self.depth,
             "growth_rate": self.growth_rate,
             "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,
@@ -153,7 +149,12 @@ def dense_layer(x, growth_rate, regularizer, data_format, name):
     y = batch_norm(data_format, f"{name}_bn1")(x)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = conv2d(
-        BOTTLENECK_EXPANSION * growth_rate, 1, 1, regularizer, data_format, f"{name}_conv1"
+        BOTTLENECK_EXPANSION * growth_rate,
+        1,
+        1,
+        regularizer,
+        data_format,
+        f"{name}_conv1",
     )(y)
     y = batch_norm(data_format, f"{name}_bn2")(y)
     y = layers.ReLU(name=f"{name}_relu2")(y)

@@ -91,7 +91,11 @@ class ImageNetResNet(keras.Model):
             for block in range(1, blocks + 1):
                 stride = 2 if (stage > 1 and block == 1) else 1
                 x = basic_block(
-                    x, width, stride, regularizer, data_format,
+                    x,
+                    width,
+                    stride,
+                    regularizer,
+                    data_format,
                     name=f"stage{stage}_block{block}",
                 )
         outputs = layers.GlobalAveragePooling2D(
@@ -110,9 +114,7 @@ class ImageNetResNet(keras.Model):
         return {
             "depth": self.depth,
             "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,
@@ -130,7 +132,12 @@ def basic_block(x, width, stride, regularizer, data_format, name):
     else:
         y = layers.ZeroPadding2D(1, data_format=data_format, name=f"{name}_pad1")(x)
         y = conv2d(
-            width, 3, stride, regularizer, data_format, f"{name}_conv1",
+            width,
+            3,
+            stride,
+            regularizer,
+            data_format,
+            f"{name}_conv1",
             padding="valid",
         )(y)
     y = batch_norm(data_format, f"{name}_bn1")(y)

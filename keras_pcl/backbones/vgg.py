@@ -96,9 +96,7 @@ class VGG16BN(keras.Model):
                 name=f"mlp_dense{i}",
             )(x)
             x = layers.ReLU(name=f"mlp_relu{i}")(x)
-        super().__init__(
-            inputs=inputs, outputs=x, name=name or "vgg16_bn", **kwargs
-        )
+        super().__init__(inputs=inputs, outputs=x, name=name or "vgg16_bn", **kwargs)
         self.image_shape = input_shape
         self.kernel_regularizer = regularizer
         self.data_format = data_format
@@ -107,9 +105,7 @@ class VGG16BN(keras.Model):
     def get_config(self):
         return {
             "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(
-                self.kernel_regularizer
-            ),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             "data_format": self.data_format,
             "name": self.name,
             "trainable": self.trainable,

@@ -50,8 +50,7 @@ def get(name):
         close = difflib.get_close_matches(str(name), list(BASELINES), n=3)
         hint = f" Did you mean {close}?" if close else ""
         raise ValueError(
-            f"Unknown baseline {name!r}.{hint} Known baselines: "
-            f"{sorted(BASELINES)}."
+            f"Unknown baseline {name!r}.{hint} Known baselines: {sorted(BASELINES)}."
         )
     return BASELINES[name]
 

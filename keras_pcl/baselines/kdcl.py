@@ -81,9 +81,7 @@ class KDCLModel(MultiBranchModel):
         return {"peer_logits": self._classify(self._peer_features(views, training))}
 
     def _loss_terms(self, y, outputs):
-        return kdcl_loss(
-            y, outputs["peer_logits"], self.temperature, self.kd_weight
-        )
+        return kdcl_loss(y, outputs["peer_logits"], self.temperature, self.kd_weight)
 
     def _accuracy_names(self):
         return super()._accuracy_names() + ["ensemble"]

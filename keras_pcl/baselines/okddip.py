@@ -121,11 +121,7 @@ class OKDDipModel(MultiBranchModel):
 
     def _accuracy_logits(self, outputs):
         peers = list(outputs["peer_logits"])
-        return (
-            peers
-            + [outputs["leader_logits"]]
-            + [ops.mean(ops.stack(peers), axis=0)]
-        )
+        return peers + [outputs["leader_logits"]] + [ops.mean(ops.stack(peers), axis=0)]
 
     def get_config(self):
         config = super().get_config()

@@ -77,9 +77,7 @@ class ONEModel(MultiBranchModel):
             [head(shared, training=training) for head in self.peer_heads]
         )
         gates = self.gate(shared, training=training)  # (batch, m)
-        gated = ops.sum(
-            ops.stack(peer_logits, axis=1) * gates[:, :, None], axis=1
-        )
+        gated = ops.sum(ops.stack(peer_logits, axis=1) * gates[:, :, None], axis=1)
         return {"peer_logits": peer_logits, "gated_logits": gated}
 
     def _loss_terms(self, y, outputs):

@@ -22,10 +22,10 @@ from keras_pcl.data.digits import digits_augmentation
 from keras_pcl.data.folders import FolderListing
 from keras_pcl.data.folders import image_folder
 from keras_pcl.data.folders import list_image_folder
-from keras_pcl.data.normalization import CIFAR100_MEAN
-from keras_pcl.data.normalization import CIFAR100_STD
 from keras_pcl.data.normalization import CIFAR10_MEAN
 from keras_pcl.data.normalization import CIFAR10_STD
+from keras_pcl.data.normalization import CIFAR100_MEAN
+from keras_pcl.data.normalization import CIFAR100_STD
 from keras_pcl.data.normalization import IMAGENET_MEAN
 from keras_pcl.data.normalization import IMAGENET_STD
 from keras_pcl.data.normalization import compute_mean_std

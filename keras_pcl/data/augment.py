@@ -141,9 +141,7 @@ def resize_center_crop(image, resize=IMAGENET_RESIZE, size=IMAGENET_IMAGE_SIZE):
     """
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     factor = resize / tf.reduce_min(shape)
-    new_shape = tf.maximum(
-        tf.cast(tf.round(shape * factor), tf.int32), size
-    )
+    new_shape = tf.maximum(tf.cast(tf.round(shape * factor), tf.int32), size)
     image = _to_uint8(tf.image.resize(image, new_shape, method="bilinear"))
     top = (new_shape[0] - size) // 2
     left = (new_shape[1] - size) // 2
@@ -294,9 +292,7 @@ def multi_view(dataset, num_views, view_fn, seed=None, num_parallel_calls=None):
     model.fit(ds)  # x is a tuple of 3 views, one per peer
     ```
     """
-    if isinstance(num_views, bool) or not isinstance(num_views, int) or (
-        num_views < 1
-    ):
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or (num_views < 1):
         raise ValueError(
             "`num_views` must be an int >= 1 (the model's `num_peers`). "
             f"Received: num_views={num_views!r}"

@@ -227,8 +227,10 @@ def imagenet2012(
     pipeline.check_common_args(batch_size, num_views, seed, deterministic)
     if validation_split is not None:
         validation_split = check_validation_split(validation_split)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or (
-        image_size < 1
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or (image_size < 1)
     ):
         raise ValueError(
             f"`image_size` must be an int >= 1. Received: image_size={image_size!r}"
@@ -347,9 +349,7 @@ def _cifar(name, *, data_dir, download, validation_split, seed, **kwargs):
     train_idx, val_idx = balanced_split(
         labels, validation_split, 0 if seed is None else seed
     )
-    train = tf.data.Dataset.from_tensor_slices(
-        (images[train_idx], labels[train_idx])
-    )
+    train = tf.data.Dataset.from_tensor_slices((images[train_idx], labels[train_idx]))
     validation = None
     if validation_split:
         validation = tf.data.Dataset.from_tensor_slices(

@@ -71,7 +71,11 @@ def digits(
             "`keras_pcl.data.digits` needs scikit-learn, which ships the "
             "digits: `pip install scikit-learn`."
         ) from error
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or image_size < 8
+    ):
         raise ValueError(
             "`image_size` must be an int >= 8 (the digits are 8x8). "
             f"Received: image_size={image_size!r}"
@@ -85,11 +89,15 @@ def digits(
     images = tf.image.resize(pixels[..., None], (image_size, image_size), "bilinear")
     images = np.clip(np.round(images.numpy()), 0, 255).astype("uint8")
 
-    train_idx, val_idx = balanced_split(labels, validation_split, 0 if seed is None else seed)
+    train_idx, val_idx = balanced_split(
+        labels, validation_split, 0 if seed is None else seed
+    )
     train = tf.data.Dataset.from_tensor_slices((images[train_idx], labels[train_idx]))
     validation = None
     if validation_split:
-        validation = tf.data.Dataset.from_tensor_slices((images[val_idx], labels[val_idx]))
+        validation = tf.data.Dataset.from_tensor_slices(
+            (images[val_idx], labels[val_idx])
+        )
     padding = max(1, image_size // 8)
     train, validation = pipeline.finish(
         train,
@@ -105,7 +113,9 @@ def digits(
         drop_remainder=drop_remainder,
         deterministic=deterministic,
     )
-    return pipeline.DataSplits(train, validation, CLASS_NAMES, len(train_idx), len(val_idx))
+    return pipeline.DataSplits(
+        train, validation, CLASS_NAMES, len(train_idx), len(val_idx)
+    )
 
 
 def random_shift(image, seed, padding):
@@ -128,4 +138,6 @@ def digits_augmentation(image_size=32, seed=None):
     """
     from keras_pcl.augmentation import RandomPadCrop
 
-    return RandomPadCrop(padding=max(1, image_size // 8), seed=seed, name="random_shift")
+    return RandomPadCrop(
+        padding=max(1, image_size // 8), seed=seed, name="random_shift"
+    )

@@ -88,9 +88,7 @@ def normalization_layer(statistics, name="normalization"):
             f"std={std.tolist()})"
         )
     axis = -1 if keras.config.image_data_format() == "channels_last" else 1
-    layer = keras.layers.Normalization(
-        axis=axis, mean=mean, variance=std**2, name=name
-    )
+    layer = keras.layers.Normalization(axis=axis, mean=mean, variance=std**2, name=name)
     return layer
 
 
@@ -162,8 +160,7 @@ def compute_mean_std(data, max_examples=None):
         total += len(images)
     if not pixel_count:
         raise ValueError(
-            "`data` holds no image to compute statistics from. "
-            f"Received: data={data!r}"
+            f"`data` holds no image to compute statistics from. Received: data={data!r}"
         )
     mean = sums / pixel_count
     variance = np.maximum(sum_squares / pixel_count - mean**2, 0.0)

@@ -80,9 +80,7 @@ def finish(
     """
     autotune = tf.data.AUTOTUNE
     if shuffle:
-        train = train.shuffle(
-            shuffle_buffer, seed=seed, reshuffle_each_iteration=True
-        )
+        train = train.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if num_views is not None:
         train = multi_view(train, num_views, view_fn, seed=seed)
     elif train_fn is not None:
@@ -127,9 +125,7 @@ def check_common_args(batch_size, num_views, seed, deterministic):
             f"datasets. Received: batch_size={batch_size!r}"
         )
     if num_views is not None and (
-        isinstance(num_views, bool)
-        or not isinstance(num_views, int)
-        or num_views < 1
+        isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1
     ):
         raise ValueError(
             "`num_views` must be None (augment in the model) or an int >= 1, "

@@ -44,11 +44,7 @@ def balanced_split(labels, validation_split, seed=0):
     (4, 4)
     """
     validation_split = check_validation_split(validation_split)
-    if (
-        isinstance(seed, bool)
-        or not isinstance(seed, (int, np.integer))
-        or seed < 0
-    ):
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be an int >= 0. Received: seed={seed!r}")
     labels = np.asarray(labels)
     if labels.ndim != 1 or (
@@ -90,9 +86,11 @@ def check_validation_split(validation_split):
     """Returns `validation_split` as a float in [0, 1) or raises."""
     if validation_split is None:
         return 0.0
-    if isinstance(validation_split, bool) or not isinstance(
-        validation_split, (int, float, np.floating)
-    ) or not 0 <= validation_split < 1:
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, (int, float, np.floating))
+        or not 0 <= validation_split < 1
+    ):
         raise ValueError(
             "`validation_split` must be a float in [0, 1), the fraction of "
             "each class held out for validation (e.g. 0.1). "

@@ -16,7 +16,7 @@ def expected_parameters(depth, num_classes=None):
     count = 3 * 3 * 3 * 16 + 4 * 16  # stem
     width_in = 16
     for width in (16, 32, 64):
-        for block in range(n):
+        for _ in range(n):
             count += 9 * width_in * width + 4 * width  # conv1 + bn1
             count += 9 * width * width + 4 * width  # conv2 + bn2
             if width_in != width:
@@ -63,9 +63,7 @@ def test_deployed_network_is_backbone_plus_classifier():
     ensemble = 3 * 64 * 10 + 10
     # Plus the model's scalar bookkeeping variables (step counter, ...).
     scalars = sum(1 for w in model.weights if len(w.shape) == 0)
-    assert model.count_params() == (
-        2 * (trunk + 3 * peer_params) + ensemble + scalars
-    )
+    assert model.count_params() == (2 * (trunk + 3 * peer_params) + ensemble + scalars)
 
 
 def test_bad_depth_raises():
@@ -91,5 +89,6 @@ def test_channels_first_matches_channels_last():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(first(np.transpose(x, (0, 3, 1, 2)))),
         keras.ops.convert_to_numpy(last(x)),
-        rtol=1e-4, atol=1e-5,
+        rtol=1e-4,
+        atol=1e-5,
     )

@@ -51,7 +51,10 @@ def test_structure_and_default_split():
     assert model.get_layer("block4_pool").output.shape == (None, 2, 2, 512)
     # The MLP ends the backbone: the peers own it, PCL adds the classifier.
     assert [l.name for l in model.layers[-4:]] == [
-        "mlp_dense1", "mlp_relu1", "mlp_dense2", "mlp_relu2"
+        "mlp_dense1",
+        "mlp_relu1",
+        "mlp_dense2",
+        "mlp_relu2",
     ]
 
 

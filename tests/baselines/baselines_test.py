@@ -65,7 +65,9 @@ def test_trains_logs_deploys_and_round_trips(name, tmp_path):
     # And the deployed network exports through the same path as PCL's.
     model.export_peer(str(tmp_path / "peer.keras"), peer="deploy", format="keras")
     exported = keras.saving.load_model(str(tmp_path / "peer.keras"))
-    np.testing.assert_allclose(logits_of(exported, images), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(exported, images), logits, rtol=1e-5, atol=1e-5
+    )
 
 
 def logits_of(model, images):
@@ -78,8 +80,13 @@ def test_best_peer_tracker_picks_peers_of_a_baseline():
     model.compile(optimizer="sgd")
     tracker = keras_pcl.callbacks.BestPeerTracker(verbose=0)
     history = model.fit(
-        x, y, batch_size=16, epochs=1, validation_data=(x, y),
-        callbacks=[tracker], verbose=0,
+        x,
+        y,
+        batch_size=16,
+        epochs=1,
+        validation_data=(x, y),
+        callbacks=[tracker],
+        verbose=0,
     ).history
     scores = [history[f"val_peer_{j}_accuracy"][-1] for j in range(3)]
     assert model.best_peer.peer == int(np.argmax(scores))
@@ -88,7 +95,9 @@ def test_best_peer_tracker_picks_peers_of_a_baseline():
 
 def test_mean_teachers_are_refused_with_a_clear_error():
     model = make("one")
-    with pytest.raises(ValueError, match="ONEModel has no mean teachers.*mean_teacher=False"):
+    with pytest.raises(
+        ValueError, match="ONEModel has no mean teachers.*mean_teacher=False"
+    ):
         model.get_peer(0, mean_teacher=True)
     tracker = keras_pcl.callbacks.BestPeerTracker(mean_teacher=True)
     model.compile(optimizer="sgd")
@@ -100,7 +109,11 @@ def test_mean_teachers_are_refused_with_a_clear_error():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("dml", {"split_at": "split"}, "no shared trunk; leave `split_at`.*split_at='split'"),
+        (
+            "dml",
+            {"split_at": "split"},
+            "no shared trunk; leave `split_at`.*split_at='split'",
+        ),
         ("kdcl", {"kd_weight": 2.0}, "kd_weight=2.0"),
         ("one", {"detach_teacher": "yes"}, "detach_teacher='yes'"),
         ("okddip", {"num_peers": 1}, "num_peers=1"),

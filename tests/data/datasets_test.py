@@ -97,14 +97,15 @@ def test_imagenet_without_augmentation_crops_like_validation():
 
 def test_imagenet_held_out_validation():
     with tfds.testing.mock_data(num_examples=200):
-        labels = np.array([
-            e["label"] for e in tfds.builder("imagenet2012").as_dataset(
-                split="train", shuffle_files=False
-            ).as_numpy_iterator()
-        ])
-        result = data.imagenet2012(
-            batch_size=None, validation_split=0.4, image_size=16
+        labels = np.array(
+            [
+                e["label"]
+                for e in tfds.builder("imagenet2012")
+                .as_dataset(split="train", shuffle_files=False)
+                .as_numpy_iterator()
+            ]
         )
+        result = data.imagenet2012(batch_size=None, validation_split=0.4, image_size=16)
         counts = np.bincount(labels, minlength=1000)
         expected = np.floor(0.4 * counts + 0.5).astype(int)
         assert result.num_validation == expected.sum()

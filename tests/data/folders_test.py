@@ -64,8 +64,9 @@ def test_batches_and_drop_remainder(image_dir):
 
 def test_deterministic_epochs_with_a_seed(image_dir):
     root, _ = image_dir
-    kwargs = dict(validation_split=0.2, batch_size=4, seed=7, num_views=2,
-                  deterministic=True)
+    kwargs = dict(
+        validation_split=0.2, batch_size=4, seed=7, num_views=2, deterministic=True
+    )
     a = data.image_folder(root, **kwargs).train
     b = data.image_folder(root, **kwargs).train
     first = [x[0] for x, _ in a.as_numpy_iterator()]
@@ -118,7 +119,10 @@ def test_mixed_sizes_raise_or_resize(tmp_path):
         data.image_folder(root)
     assert "zz.png is 12x6" in str(error.value)
     result = data.image_folder(
-        root, image_size=(8, 8), validation_split=0.0, batch_size=32,
+        root,
+        image_size=(8, 8),
+        validation_split=0.0,
+        batch_size=32,
         interpolation="nearest",
     )
     assert result.validation is None
@@ -140,7 +144,10 @@ def test_pcl_trains_on_host_views_from_a_folder(image_dir):
     assert not np.array_equal(views[0], views[1])
     keras.utils.set_random_seed(0)
     model = keras_pcl.PeerCollaborativeModel(
-        tiny_backbone(), num_classes=3, num_peers=2, split_at="split",
+        tiny_backbone(),
+        num_classes=3,
+        num_peers=2,
+        split_at="split",
         rampup_steps=2,
         preprocessing=data.normalization_layer(data.compute_mean_std(plain)),
     )
@@ -160,8 +167,16 @@ def test_pcl_trains_on_host_views_from_a_folder(image_dir):
 def test_real_cifar10_folder_split():
     listing = data.list_image_folder(CIFAR10_TRAIN, validation_split=0.1, seed=0)
     assert listing.class_names == (
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     )
     assert len(listing.train_paths) + len(listing.validation_paths) == 50_000
     assert np.bincount(listing.validation_labels).tolist() == [500] * 10
@@ -175,8 +190,7 @@ def test_real_cifar10_folder_split():
     # The documented constants describe these images (JPEG re-encoded, so
     # only close): a class-balanced sample of 1,000 decoded training images.
     sample = [
-        tf.io.decode_jpeg(tf.io.read_file(p)).numpy()
-        for p in listing.train_paths[::45]
+        tf.io.decode_jpeg(tf.io.read_file(p)).numpy() for p in listing.train_paths[::45]
     ]
     mean, std = data.compute_mean_std(np.stack(sample))
     np.testing.assert_allclose(mean, data.CIFAR10_MEAN, atol=3.0)

@@ -30,8 +30,12 @@ def write_image_folder(root, classes=2, per_class=12, size=32):
 def run(args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, SCRIPT] + args, capture_output=True, text=True,
-        env=env, timeout=600, cwd=ROOT,
+        [sys.executable, SCRIPT] + args,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
     )
 
 
@@ -39,18 +43,33 @@ def run(args):
 def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     """The README's first command, with a shorter schedule (digits, offline)."""
     workdir = tmp_path / "out"
-    result = run([
-        "--epochs=1", "--steps_per_epoch=2", "--baseline_seconds=1",
-        f"--workdir={workdir}",
-    ])
+    result = run(
+        [
+            "--epochs=1",
+            "--steps_per_epoch=2",
+            "--baseline_seconds=1",
+            f"--workdir={workdir}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for row in ["peer 0 (student)", "peer 2 (student)", "peer ensemble",
-                "peer 0 mean teacher", "deployed: peer", "resnet8 alone, 1 s"]:
+    for row in [
+        "peer 0 (student)",
+        "peer 2 (student)",
+        "peer ensemble",
+        "peer 0 mean teacher",
+        "deployed: peer",
+        "resnet8 alone, 1 s",
+    ]:
         assert row in out, row
     assert "reloaded, it predicts the same" in out
-    percentages = [float(line.split()[-1].rstrip("%")) for line in out.splitlines()
-                   if line.strip().endswith("%")]
+    percentages = [
+        float(line.split()[-1].rstrip("%"))
+        for line in out.splitlines()
+        if line.strip().endswith("%")
+    ]
     assert len(percentages) == 9 and all(0 <= p <= 100 for p in percentages)
-    exported = workdir / ("deployed.keras" if keras.backend.backend() == "torch" else "deployed")
+    exported = workdir / (
+        "deployed.keras" if keras.backend.backend() == "torch" else "deployed"
+    )
     assert exported.exists()

@@ -21,18 +21,38 @@ def test_train_cifar_smoke_on_an_image_folder(tmp_path):
     workdir = tmp_path / "run"
     result = subprocess.run(
         [
-            sys.executable, SCRIPT, f"--dataset={data}", "--backbone=resnet8",
-            "--num_peers=2", "--epochs=2", "--batch_size=4", "--steps_per_epoch=2",
-            "--lr_decay_epochs=1", "--rampup_epochs=1", "--validation_split=0.25",
-            f"--workdir={workdir}", "--save_freq=1", "--export_format=keras",
+            sys.executable,
+            SCRIPT,
+            f"--dataset={data}",
+            "--backbone=resnet8",
+            "--num_peers=2",
+            "--epochs=2",
+            "--batch_size=4",
+            "--steps_per_epoch=2",
+            "--lr_decay_epochs=1",
+            "--rampup_epochs=1",
+            "--validation_split=0.25",
+            f"--workdir={workdir}",
+            "--save_freq=1",
+            "--export_format=keras",
             "--verbose=0",
         ],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Best peer: BestPeer(peer=" in result.stdout
-    for name in ("config.json", "pcl.keras", "best_peer.keras", "export.keras", "logs", "backup"):
+    for name in (
+        "config.json",
+        "pcl.keras",
+        "best_peer.keras",
+        "export.keras",
+        "logs",
+        "backup",
+    ):
         assert (workdir / name).exists(), name
     model = keras.saving.load_model(workdir / "pcl.keras")
     assert int(keras.ops.convert_to_numpy(model.step_counter.value)) == 4

@@ -10,10 +10,19 @@ from tests.ci_budget import torch_only_in_ci
 def test_imagenet_recipe_trains_a_step_on_mock_data(tmp_path):
     config = training.imagenet_config(
         backbone="resnet8",  # the recipe's data path, a small network
-        num_peers=2, epochs=1, batch_size=2, steps_per_epoch=1,
-        workdir=str(tmp_path / "run"), export_format="none", verbose=0,
+        num_peers=2,
+        epochs=1,
+        batch_size=2,
+        steps_per_epoch=1,
+        workdir=str(tmp_path / "run"),
+        export_format="none",
+        verbose=0,
     )
-    assert (config.epochs, config.lr_decay_epochs, config.weight_decay) == (1, (30, 60), 1e-4)
+    assert (config.epochs, config.lr_decay_epochs, config.weight_decay) == (
+        1,
+        (30, 60),
+        1e-4,
+    )
     with tfds.testing.mock_data(num_examples=4):
         result = training.train(config)
     assert result["final_step"] == 1

@@ -4,9 +4,9 @@ Parameter counts and architectures use the full-size networks (no training).
 One PCL training step and the export of a peer use each backbone's own class
 at a size that keeps the suite within its CI time on 2 CPU cores: the fixed
 architectures (VGG-16, ResNet-18) at 32x32 inputs, on torch in CI (see
-tests/ci_budget.py); the deep, configurable ones at their smallest depth, which builds the
-same block types, the same split and the same export path (ResNet-110 ->
-depth 11, WRN-20-8 -> WRN-11-2, DenseNet-40-12 -> DenseNet-10-4;
+tests/ci_budget.py); the deep, configurable ones at their smallest depth,
+which builds the same block types, the same split and the same export path
+(ResNet-110 -> depth 11, WRN-20-8 -> WRN-11-2, DenseNet-40-12 -> DenseNet-10-4;
 ResNet-20/32/56 -> ResNet-8). On JAX one XLA compilation of a PCL step of the
 full ResNet-110 or DenseNet-40 takes over a minute on 2 cores.
 """
@@ -77,8 +77,14 @@ def leaf_layers(model):
 
 def test_names_cover_the_paper_tables():
     assert backbones.names() == [
-        "resnet20", "resnet32", "resnet56", "resnet110",
-        "wrn20_8", "vgg16", "densenet40_12", "resnet18",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet110",
+        "wrn20_8",
+        "vgg16",
+        "densenet40_12",
+        "resnet18",
     ]
     assert list(backbones.BACKBONES) == backbones.names()
 
