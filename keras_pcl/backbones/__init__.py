@@ -1,12 +1,14 @@
 """Backbones for `PeerCollaborativeModel`: functional models, images -> features.
 
-Built-in networks of the paper's tables (spec section 6), each with a
-`default_split_at`: select them by name with `get(name, **kwargs)` (see
-`names()`), or build them from their classes. Any other functional model works
-too; `split_candidates(model)` lists its valid split layers and
-`recommended_split(model)` the start of its last stage when known.
+Built-in networks of the paper's tables (spec section 6), each a `Backbone`
+(config, dtype policy and `default_split_at` owned by the base class): select
+them by name with `get(name, **kwargs)` (see `names()`), or build them from
+their classes. Any other functional model works too; `split_candidates(model)`
+lists its valid split layers and `recommended_split(model)` the start of its
+last stage when known.
 """
 
+from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.cifar_bottleneck_resnet import CIFARBottleneckResNet
 from keras_pcl.backbones.cifar_bottleneck_resnet import resnet110
 from keras_pcl.backbones.cifar_resnet import CIFARResNet
@@ -29,6 +31,7 @@ from keras_pcl.splitting import split_candidates
 
 __all__ = [
     "BACKBONES",
+    "Backbone",
     "CIFARBottleneckResNet",
     "CIFARDenseNet",
     "CIFARResNet",

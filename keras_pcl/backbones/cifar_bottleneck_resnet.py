@@ -10,7 +10,8 @@ is the paper's ResNet-110; it is not the basic-block ResNet-110 of He et al.
 (`CIFARResNet(depth=110)`).
 
 `width_factor` multiplies the inner width (the 1x1 reduction and the 3x3
-convolution) but not the block outputs, like torchvision's wide bottleneck; `keras_pcl.backbones.WideResNet` uses it for WRN-20-8.
+convolution) but not the block outputs, like torchvision's wide bottleneck;
+`keras_pcl.backbones.WideResNet` uses it for WRN-20-8.
 
 Weight decay: pass `kernel_regularizer=keras.regularizers.L2(5e-4 / 2)` to
 reproduce the paper's PyTorch SGD `weight_decay=5e-4` on the convolution
@@ -21,18 +22,21 @@ kernels (`docs/backbones.md` explains the factor 1/2 and why the optimizer's
 import keras
 from keras import layers
 
+from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
 from keras_pcl.backbones.common import channel_axis
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.validation import check
+from keras_pcl.validation import check_int
 
 STAGE_PLANES = (16, 32, 64)
 EXPANSION = 4
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class CIFARBottleneckResNet(keras.Model):
+class CIFARBottleneckResNet(Backbone):
     """CIFAR ResNet of depth `9n + 2` with bottleneck blocks, as a PCL backbone.
 
     A functional model from images to the pooled `256`-dimensional feature
@@ -52,6 +56,9 @@ class CIFARBottleneckResNet(keras.Model):
             `keras.config.image_data_format()`.
         name: model name; defaults to `cifar_bottleneck_resnet{depth}` (or
             `..._x{width_factor}`).
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -70,36 +77,29 @@ class CIFARBottleneckResNet(keras.Model):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
-        if (
-            isinstance(depth, bool)
-            or not isinstance(depth, int)
-            or depth < 11
-            or (depth - 2) % 9 != 0
-        ):
-            raise ValueError(
-                "`depth` must be an int of the form 9n + 2 with n >= 1 "
-                f"(11, 20, 29, ..., 110, ...). Received: depth={depth!r}"
-            )
-        if (
-            isinstance(width_factor, bool)
-            or not isinstance(width_factor, int)
-            or width_factor < 1
-        ):
-            raise ValueError(
-                "`width_factor` must be an int >= 1. "
-                f"Received: width_factor={width_factor!r}"
-            )
+        check(
+            isinstance(depth, int)
+            and not isinstance(depth, bool)
+            and depth >= 11
+            and (depth - 2) % 9 == 0,
+            "depth",
+            depth,
+            "an int of the form 9n + 2 with n >= 1 (11, 20, 29, ..., 110, ...)",
+        )
+        check_int("width_factor", width_factor, minimum=1)
         data_format = check_data_format(data_format)
         input_shape = check_input_shape(input_shape, data_format, min_size=4)
-        blocks_per_stage = (depth - 2) // 9
         regularizer = keras.regularizers.get(kernel_regularizer)
+        dtype = keras.dtype_policies.get(dtype)
+        blocks_per_stage = (depth - 2) // 9
 
         inputs = keras.Input(shape=input_shape, name="images")
-        x = conv2d(16, 3, 1, regularizer, data_format, "stem_conv")(inputs)
-        x = batch_norm(data_format, "stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
+        x = conv2d(16, 3, 1, regularizer, data_format, "stem_conv", dtype=dtype)(inputs)
+        x = batch_norm(data_format, "stem_bn", dtype)(x)
+        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
         for stage, planes in enumerate(STAGE_PLANES, start=1):
             for block in range(1, blocks_per_stage + 1):
                 stride = 2 if (stage > 1 and block == 1) else 1
@@ -110,63 +110,63 @@ class CIFARBottleneckResNet(keras.Model):
                     stride,
                     regularizer,
                     data_format,
+                    dtype,
                     name=f"stage{stage}_block{block}",
                 )
         outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool"
+            data_format=data_format, name="avg_pool", dtype=dtype
         )(x)
         if name is None:
             name = f"cifar_bottleneck_resnet{depth}"
             if width_factor != 1:
                 name += f"_x{width_factor}"
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self.depth = depth
-        self.width_factor = width_factor
-        self.image_shape = input_shape
-        self.kernel_regularizer = regularizer
-        self.data_format = data_format
-        self.default_split_at = f"stage2_block{blocks_per_stage}_out"
-
-    def get_config(self):
-        return {
-            "depth": self.depth,
-            "width_factor": self.width_factor,
-            "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "data_format": self.data_format,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        super().__init__(
+            inputs,
+            outputs,
+            arguments={"depth": depth, "width_factor": width_factor},
+            input_shape=input_shape,
+            kernel_regularizer=regularizer,
+            data_format=data_format,
+            default_split_at=f"stage2_block{blocks_per_stage}_out",
+            name=name,
+            dtype=dtype,
+            **kwargs,
+        )
 
 
-def bottleneck_block(x, planes, inner, stride, regularizer, data_format, name):
+def bottleneck_block(x, planes, inner, stride, regularizer, data_format, dtype, name):
     """1x1 (inner) - 3x3 (inner, stride) - 1x1 (4 * planes), each with BN.
 
     The shortcut is the identity, or a strided 1x1 convolution + BN when the
     shape changes (as in the reference code, stride on the 3x3 convolution).
     """
-    axis = channel_axis(data_format)
+
+    def conv(filters, kernel_size, strides, suffix):
+        return conv2d(
+            filters,
+            kernel_size,
+            strides,
+            regularizer,
+            data_format,
+            f"{name}_{suffix}",
+            dtype=dtype,
+        )
+
     out_channels = planes * EXPANSION
-    y = conv2d(inner, 1, 1, regularizer, data_format, f"{name}_conv1")(x)
-    y = batch_norm(data_format, f"{name}_bn1")(y)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = conv2d(inner, 3, stride, regularizer, data_format, f"{name}_conv2")(y)
-    y = batch_norm(data_format, f"{name}_bn2")(y)
-    y = layers.ReLU(name=f"{name}_relu2")(y)
-    y = conv2d(out_channels, 1, 1, regularizer, data_format, f"{name}_conv3")(y)
-    y = batch_norm(data_format, f"{name}_bn3")(y)
+    y = conv(inner, 1, 1, "conv1")(x)
+    y = batch_norm(data_format, f"{name}_bn1", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
+    y = conv(inner, 3, stride, "conv2")(y)
+    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu2", dtype=dtype)(y)
+    y = conv(out_channels, 1, 1, "conv3")(y)
+    y = batch_norm(data_format, f"{name}_bn3", dtype)(y)
     shortcut = x
-    if stride != 1 or x.shape[axis] != out_channels:
-        shortcut = conv2d(
-            out_channels, 1, stride, regularizer, data_format, f"{name}_shortcut_conv"
-        )(x)
-        shortcut = batch_norm(data_format, f"{name}_shortcut_bn")(shortcut)
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
+    if stride != 1 or x.shape[channel_axis(data_format)] != out_channels:
+        shortcut = conv(out_channels, 1, stride, "shortcut_conv")(x)
+        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
+    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
+    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
 
 
 def resnet110(**kwargs):
@@ -174,7 +174,7 @@ def resnet110(**kwargs):
 
     Args:
         **kwargs: passed to `CIFARBottleneckResNet` (`input_shape`,
-            `kernel_regularizer`, `data_format`, `name`).
+            `kernel_regularizer`, `data_format`, `name`, `dtype`).
 
     Example:
 

@@ -19,13 +19,19 @@ like PyTorch's (see `docs/backbones.md` for why the optimizer's decoupled
 import keras
 from keras import layers
 
-from keras_pcl.backbones.common import conv_initializer
+from keras_pcl.backbones.backbone import Backbone
+from keras_pcl.backbones.common import batch_norm
+from keras_pcl.backbones.common import channel_axis
+from keras_pcl.backbones.common import check_data_format
+from keras_pcl.backbones.common import check_input_shape
+from keras_pcl.backbones.common import conv2d
+from keras_pcl.validation import check
 
 STAGE_WIDTHS = (16, 32, 64)
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class CIFARResNet(keras.Model):
+class CIFARResNet(Backbone):
     """CIFAR ResNet of depth `6n + 2` with basic blocks, as a PCL backbone.
 
     A functional model from images to the pooled 64-dimensional feature
@@ -36,6 +42,7 @@ class CIFARResNet(keras.Model):
         depth: int of the form `6n + 2` (8, 14, 20, 32, 44, 56, 110, ...).
         input_shape: shape of one image, `(height, width, channels)`, or
             `(channels, height, width)` with `data_format="channels_first"`.
+            Height and width must be at least 4 (two stride-2 stages).
         kernel_regularizer: optional regularizer for every convolution
             kernel (e.g. `keras.regularizers.L2(5e-4 / 2)` reproduces the
             paper's SGD weight decay of 5e-4 for `L = ... + wd/2 * |w|^2`).
@@ -43,6 +50,9 @@ class CIFARResNet(keras.Model):
             `keras.config.image_data_format()`. TensorFlow's CPU
             convolutions support channels-last only.
         name: model name; defaults to `cifar_resnet{depth}`.
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -60,36 +70,27 @@ class CIFARResNet(keras.Model):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
-        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(
-                "`depth` must be an int of the form 6n + 2 with n >= 1 "
-                f"(8, 14, 20, 32, 44, 56, ...). Received: depth={depth!r}"
-            )
-        data_format = data_format or keras.config.image_data_format()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                "`data_format` must be 'channels_last' or 'channels_first'. "
-                f"Received: data_format={data_format!r}"
-            )
-        blocks_per_stage = (depth - 2) // 6
+        check(
+            isinstance(depth, int) and depth >= 8 and (depth - 2) % 6 == 0,
+            "depth",
+            depth,
+            "an int of the form 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, ...)",
+        )
+        data_format = check_data_format(data_format)
+        input_shape = check_input_shape(input_shape, data_format, min_size=4)
         regularizer = keras.regularizers.get(kernel_regularizer)
-        bn_axis = 1 if data_format == "channels_first" else -1
+        dtype = keras.dtype_policies.get(dtype)
+        blocks_per_stage = (depth - 2) // 6
 
         inputs = keras.Input(shape=input_shape, name="images")
-        x = layers.Conv2D(
-            STAGE_WIDTHS[0],
-            3,
-            padding="same",
-            use_bias=False,
-            kernel_initializer=conv_initializer(),
-            kernel_regularizer=regularizer,
-            data_format=data_format,
-            name="stem_conv",
+        x = conv2d(
+            STAGE_WIDTHS[0], 3, 1, regularizer, data_format, "stem_conv", dtype=dtype
         )(inputs)
-        x = layers.BatchNormalization(axis=bn_axis, name="stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
+        x = batch_norm(data_format, "stem_bn", dtype)(x)
+        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 stride = 2 if (stage > 1 and block == 1) else 1
@@ -99,68 +100,51 @@ class CIFARResNet(keras.Model):
                     stride,
                     regularizer,
                     data_format,
+                    dtype,
                     name=f"stage{stage}_block{block}",
                 )
         outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool"
+            data_format=data_format, name="avg_pool", dtype=dtype
         )(x)
         super().__init__(
-            inputs=inputs,
-            outputs=outputs,
-            name=name or f"cifar_resnet{depth}",
-            **kwargs,
-        )
-        self.depth = depth
-        self.image_shape = tuple(input_shape)
-        self.kernel_regularizer = regularizer
-        self.data_format = data_format
-        self.default_split_at = f"stage2_block{blocks_per_stage}_out"
-
-    def get_config(self):
-        return {
-            "depth": self.depth,
-            "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "data_format": self.data_format,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-
-def basic_block(x, width, stride, regularizer, data_format, name):
-    """Two 3x3 conv-BN layers with an identity or projection shortcut."""
-    bn_axis = 1 if data_format == "channels_first" else -1
-
-    def conv(filters, kernel_size, strides, suffix):
-        return layers.Conv2D(
-            filters,
-            kernel_size,
-            strides=strides,
-            padding="same",
-            use_bias=False,
-            kernel_initializer=conv_initializer(),
+            inputs,
+            outputs,
+            arguments={"depth": depth},
+            input_shape=input_shape,
             kernel_regularizer=regularizer,
             data_format=data_format,
-            name=f"{name}_{suffix}",
+            default_split_at=f"stage2_block{blocks_per_stage}_out",
+            name=name or f"cifar_resnet{depth}",
+            dtype=dtype,
+            **kwargs,
+        )
+
+
+def basic_block(x, width, stride, regularizer, data_format, dtype, name):
+    """Two 3x3 conv-BN layers with an identity or projection shortcut."""
+
+    def conv(filters, kernel_size, strides, suffix):
+        return conv2d(
+            filters,
+            kernel_size,
+            strides,
+            regularizer,
+            data_format,
+            f"{name}_{suffix}",
+            dtype=dtype,
         )
 
     shortcut = x
     y = conv(width, 3, stride, "conv1")(x)
-    y = layers.BatchNormalization(axis=bn_axis, name=f"{name}_bn1")(y)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = batch_norm(data_format, f"{name}_bn1", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
     y = conv(width, 3, 1, "conv2")(y)
-    y = layers.BatchNormalization(axis=bn_axis, name=f"{name}_bn2")(y)
-    if stride != 1 or x.shape[bn_axis] != width:
+    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
+    if stride != 1 or x.shape[channel_axis(data_format)] != width:
         shortcut = conv(width, 1, stride, "shortcut_conv")(x)
-        shortcut = layers.BatchNormalization(axis=bn_axis, name=f"{name}_shortcut_bn")(
-            shortcut
-        )
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
+        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
+    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
+    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
 
 
 def resnet20(**kwargs):

@@ -3,11 +3,15 @@
 Every built-in backbone initialises its convolutions like the reference
 PyTorch code of the online-distillation papers (`kaiming_normal_`, fan-out),
 keeps Keras' batch-normalisation defaults (gamma 1, beta 0) and takes the same
-`input_shape`, `kernel_regularizer` and `data_format` arguments, checked here.
+`input_shape`, `kernel_regularizer`, `data_format` and `dtype` arguments,
+checked here. Every layer is built with the backbone's `dtype` policy.
 """
 
 import keras
 from keras import layers
+
+from keras_pcl.validation import check
+from keras_pcl.validation import raise_invalid
 
 
 def conv_initializer():
@@ -33,12 +37,12 @@ def check_data_format(data_format):
         ValueError: for any other value.
     """
     data_format = data_format or keras.config.image_data_format()
-    if data_format not in ("channels_last", "channels_first"):
-        raise ValueError(
-            "`data_format` must be 'channels_last' or 'channels_first'. "
-            f"Received: data_format={data_format!r}"
-        )
-    return data_format
+    return check(
+        data_format in ("channels_last", "channels_first"),
+        "data_format",
+        data_format,
+        "'channels_last' or 'channels_first'",
+    )
 
 
 def check_input_shape(input_shape, data_format, min_size):
@@ -57,23 +61,25 @@ def check_input_shape(input_shape, data_format, min_size):
         ValueError: if the shape is not three positive ints, or too small.
     """
     shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else None
-    if (
-        shape is None
-        or len(shape) != 3
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-    ):
-        raise ValueError(
-            "`input_shape` must be three positive ints, (height, width, "
-            "channels) or (channels, height, width) with "
-            f"data_format='channels_first'. Received: input_shape={input_shape!r}"
+    if shape is None or len(shape) != 3 or not all(_positive_int(d) for d in shape):
+        raise_invalid(
+            "input_shape",
+            input_shape,
+            "three positive ints, (height, width, channels) or (channels, "
+            "height, width) with data_format='channels_first'",
         )
     spatial = shape[1:] if data_format == "channels_first" else shape[:2]
     if min(spatial) < min_size:
-        raise ValueError(
-            f"`input_shape` must have height and width >= {min_size} for "
-            f"this network. Received: input_shape={input_shape!r}"
+        raise_invalid(
+            "input_shape",
+            input_shape,
+            f"an image of height and width >= {min_size} for this network",
         )
     return shape
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def channel_axis(data_format):
@@ -82,7 +88,10 @@ def channel_axis(data_format):
 
 
 def conv2d(filters, kernel_size, strides, regularizer, data_format, name, **kwargs):
-    """A bias-free, He-normal `Conv2D` with `padding="same"` by default."""
+    """A bias-free, He-normal `Conv2D` with `padding="same"` by default.
+
+    `**kwargs` go to `Conv2D`: `dtype`, `padding`, `use_bias`.
+    """
     kwargs.setdefault("padding", "same")
     kwargs.setdefault("use_bias", False)
     return layers.Conv2D(
@@ -97,6 +106,8 @@ def conv2d(filters, kernel_size, strides, regularizer, data_format, name, **kwar
     )
 
 
-def batch_norm(data_format, name):
+def batch_norm(data_format, name, dtype=None):
     """`BatchNormalization` over the channel axis (gamma 1, beta 0)."""
-    return layers.BatchNormalization(axis=channel_axis(data_format), name=name)
+    return layers.BatchNormalization(
+        axis=channel_axis(data_format), name=name, dtype=dtype
+    )

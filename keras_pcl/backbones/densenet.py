@@ -22,18 +22,21 @@ kernel (see `docs/backbones.md`).
 import keras
 from keras import layers
 
+from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
 from keras_pcl.backbones.common import channel_axis
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.validation import check
+from keras_pcl.validation import check_int
 
 BOTTLENECK_EXPANSION = 4
 COMPRESSION = 0.5
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class CIFARDenseNet(keras.Model):
+class CIFARDenseNet(Backbone):
     """CIFAR DenseNet-BC of depth `6n + 4`, as a PCL backbone.
 
     A functional model from images to the pooled feature vector. Its
@@ -51,6 +54,9 @@ class CIFARDenseNet(keras.Model):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         name: model name; defaults to `densenet{depth}_{growth_rate}`.
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -67,101 +73,94 @@ class CIFARDenseNet(keras.Model):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
-        if (
-            isinstance(depth, bool)
-            or not isinstance(depth, int)
-            or depth < 10
-            or (depth - 4) % 6 != 0
-        ):
-            raise ValueError(
-                "`depth` must be an int of the form 6n + 4 with n >= 1 "
-                f"(10, 16, ..., 40, ...). Received: depth={depth!r}"
-            )
-        if (
-            isinstance(growth_rate, bool)
-            or not isinstance(growth_rate, int)
-            or growth_rate < 1
-        ):
-            raise ValueError(
-                "`growth_rate` must be an int >= 1. "
-                f"Received: growth_rate={growth_rate!r}"
-            )
+        check(
+            isinstance(depth, int)
+            and not isinstance(depth, bool)
+            and depth >= 10
+            and (depth - 4) % 6 == 0,
+            "depth",
+            depth,
+            "an int of the form 6n + 4 with n >= 1 (10, 16, ..., 40, ...)",
+        )
+        check_int("growth_rate", growth_rate, minimum=1)
         data_format = check_data_format(data_format)
         input_shape = check_input_shape(input_shape, data_format, min_size=4)
-        layers_per_block = (depth - 4) // 6
         regularizer = keras.regularizers.get(kernel_regularizer)
+        dtype = keras.dtype_policies.get(dtype)
+        layers_per_block = (depth - 4) // 6
         axis = channel_axis(data_format)
 
+        def conv(filters, kernel_size, name):
+            return conv2d(
+                filters, kernel_size, 1, regularizer, data_format, name, dtype=dtype
+            )
+
         inputs = keras.Input(shape=input_shape, name="images")
-        x = conv2d(2 * growth_rate, 3, 1, regularizer, data_format, "stem_conv")(inputs)
+        x = conv(2 * growth_rate, 3, "stem_conv")(inputs)
         for block in (1, 2, 3):
             for i in range(1, layers_per_block + 1):
                 x = dense_layer(
-                    x, growth_rate, regularizer, data_format, f"block{block}_layer{i}"
+                    x,
+                    growth_rate,
+                    regularizer,
+                    data_format,
+                    dtype,
+                    name=f"block{block}_layer{i}",
                 )
             if block < 3:
                 channels = int(x.shape[axis] * COMPRESSION)
-                name_ = f"transition{block}"
-                x = batch_norm(data_format, f"{name_}_bn")(x)
-                x = layers.ReLU(name=f"{name_}_relu")(x)
-                x = conv2d(channels, 1, 1, regularizer, data_format, f"{name_}_conv")(x)
+                prefix = f"transition{block}"
+                x = batch_norm(data_format, f"{prefix}_bn", dtype)(x)
+                x = layers.ReLU(name=f"{prefix}_relu", dtype=dtype)(x)
+                x = conv(channels, 1, f"{prefix}_conv")(x)
                 x = layers.AveragePooling2D(
-                    2, data_format=data_format, name=f"{name_}_pool"
+                    2, data_format=data_format, name=f"{prefix}_pool", dtype=dtype
                 )(x)
-        x = batch_norm(data_format, "final_bn")(x)
-        x = layers.ReLU(name="final_relu")(x)
+        x = batch_norm(data_format, "final_bn", dtype)(x)
+        x = layers.ReLU(name="final_relu", dtype=dtype)(x)
         outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool"
+            data_format=data_format, name="avg_pool", dtype=dtype
         )(x)
         super().__init__(
-            inputs=inputs,
-            outputs=outputs,
+            inputs,
+            outputs,
+            arguments={"depth": depth, "growth_rate": growth_rate},
+            input_shape=input_shape,
+            kernel_regularizer=regularizer,
+            data_format=data_format,
+            default_split_at="transition2_pool",
             name=name or f"densenet{depth}_{growth_rate}",
+            dtype=dtype,
             **kwargs,
         )
-        self.depth = depth
-        self.growth_rate = growth_rate
-        self.image_shape = input_shape
-        self.kernel_regularizer = regularizer
-        self.data_format = data_format
-        self.default_split_at = "transition2_pool"
-
-    def get_config(self):
-        return {
-            "depth": self.depth,
-            "growth_rate": self.growth_rate,
-            "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "data_format": self.data_format,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
-def dense_layer(x, growth_rate, regularizer, data_format, name):
+def dense_layer(x, growth_rate, regularizer, data_format, dtype, name):
     """BN-ReLU-1x1 conv-BN-ReLU-3x3 conv, concatenated after its input."""
-    y = batch_norm(data_format, f"{name}_bn1")(x)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = conv2d(
-        BOTTLENECK_EXPANSION * growth_rate,
-        1,
-        1,
-        regularizer,
-        data_format,
-        f"{name}_conv1",
-    )(y)
-    y = batch_norm(data_format, f"{name}_bn2")(y)
-    y = layers.ReLU(name=f"{name}_relu2")(y)
-    y = conv2d(growth_rate, 3, 1, regularizer, data_format, f"{name}_conv2")(y)
-    return layers.Concatenate(axis=channel_axis(data_format), name=f"{name}_concat")(
-        [x, y]
-    )
+
+    def conv(filters, kernel_size, suffix):
+        return conv2d(
+            filters,
+            kernel_size,
+            1,
+            regularizer,
+            data_format,
+            f"{name}_{suffix}",
+            dtype=dtype,
+        )
+
+    y = batch_norm(data_format, f"{name}_bn1", dtype)(x)
+    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
+    y = conv(BOTTLENECK_EXPANSION * growth_rate, 1, "conv1")(y)
+    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu2", dtype=dtype)(y)
+    y = conv(growth_rate, 3, "conv2")(y)
+    return layers.Concatenate(
+        axis=channel_axis(data_format), name=f"{name}_concat", dtype=dtype
+    )([x, y])
 
 
 def densenet40_12(**kwargs):

@@ -21,18 +21,20 @@ pass `kernel_regularizer=keras.regularizers.L2(1e-4 / 2)` (see
 import keras
 from keras import layers
 
+from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
 from keras_pcl.backbones.common import channel_axis
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.validation import check_choice
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class ImageNetResNet(keras.Model):
+class ImageNetResNet(Backbone):
     """ImageNet ResNet-18/34 (basic blocks), as a PCL backbone.
 
     A functional model from images to the pooled 512-dimensional feature
@@ -49,6 +51,9 @@ class ImageNetResNet(keras.Model):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         name: model name; defaults to `resnet{depth}`.
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -64,26 +69,39 @@ class ImageNetResNet(keras.Model):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
-        if isinstance(depth, bool) or depth not in BLOCKS:
-            raise ValueError(
-                f"`depth` must be one of {sorted(BLOCKS)}. Received: depth={depth!r}"
-            )
+        check_choice("depth", depth, sorted(BLOCKS))
         data_format = check_data_format(data_format)
         input_shape = check_input_shape(input_shape, data_format, min_size=32)
         regularizer = keras.regularizers.get(kernel_regularizer)
+        dtype = keras.dtype_policies.get(dtype)
+
+        def pad(padding, name):
+            return layers.ZeroPadding2D(
+                padding, data_format=data_format, name=name, dtype=dtype
+            )
 
         inputs = keras.Input(shape=input_shape, name="images")
-        x = layers.ZeroPadding2D(3, data_format=data_format, name="stem_pad")(inputs)
-        x = conv2d(64, 7, 2, regularizer, data_format, "stem_conv", padding="valid")(x)
-        x = batch_norm(data_format, "stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
+        x = pad(3, "stem_pad")(inputs)
+        x = conv2d(
+            64,
+            7,
+            2,
+            regularizer,
+            data_format,
+            "stem_conv",
+            padding="valid",
+            dtype=dtype,
+        )(x)
+        x = batch_norm(data_format, "stem_bn", dtype)(x)
+        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
         # Zero padding before max pooling equals PyTorch's -inf padding here:
         # the inputs are ReLU outputs, >= 0.
-        x = layers.ZeroPadding2D(1, data_format=data_format, name="stem_pool_pad")(x)
+        x = pad(1, "stem_pool_pad")(x)
         x = layers.MaxPooling2D(
-            3, strides=2, data_format=data_format, name="stem_pool"
+            3, strides=2, data_format=data_format, name="stem_pool", dtype=dtype
         )(x)
         for stage, (blocks, width) in enumerate(
             zip(BLOCKS[depth], STAGE_WIDTHS), start=1
@@ -96,62 +114,62 @@ class ImageNetResNet(keras.Model):
                     stride,
                     regularizer,
                     data_format,
+                    dtype,
                     name=f"stage{stage}_block{block}",
                 )
         outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool"
+            data_format=data_format, name="avg_pool", dtype=dtype
         )(x)
         super().__init__(
-            inputs=inputs, outputs=outputs, name=name or f"resnet{depth}", **kwargs
+            inputs,
+            outputs,
+            arguments={"depth": depth},
+            input_shape=input_shape,
+            kernel_regularizer=regularizer,
+            data_format=data_format,
+            default_split_at=f"stage3_block{BLOCKS[depth][2]}_out",
+            name=name or f"resnet{depth}",
+            dtype=dtype,
+            **kwargs,
         )
-        self.depth = depth
-        self.image_shape = input_shape
-        self.kernel_regularizer = regularizer
-        self.data_format = data_format
-        self.default_split_at = f"stage3_block{BLOCKS[depth][2]}_out"
-
-    def get_config(self):
-        return {
-            "depth": self.depth,
-            "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "data_format": self.data_format,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
-def basic_block(x, width, stride, regularizer, data_format, name):
-    """Two 3x3 conv-BN layers with an identity or projection shortcut."""
-    if stride == 1:
-        y = conv2d(width, 3, 1, regularizer, data_format, f"{name}_conv1")(x)
-    else:
-        y = layers.ZeroPadding2D(1, data_format=data_format, name=f"{name}_pad1")(x)
-        y = conv2d(
-            width,
-            3,
-            stride,
+def basic_block(x, width, stride, regularizer, data_format, dtype, name):
+    """Two 3x3 conv-BN layers with an identity or projection shortcut.
+
+    A strided first convolution pads symmetrically (`ZeroPadding2D(1)` then
+    `padding="valid"`), as PyTorch does.
+    """
+
+    def conv(filters, kernel_size, strides, suffix, padding="same"):
+        return conv2d(
+            filters,
+            kernel_size,
+            strides,
             regularizer,
             data_format,
-            f"{name}_conv1",
-            padding="valid",
-        )(y)
-    y = batch_norm(data_format, f"{name}_bn1")(y)
-    y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = conv2d(width, 3, 1, regularizer, data_format, f"{name}_conv2")(y)
-    y = batch_norm(data_format, f"{name}_bn2")(y)
+            f"{name}_{suffix}",
+            padding=padding,
+            dtype=dtype,
+        )
+
+    if stride == 1:
+        y = conv(width, 3, 1, "conv1")(x)
+    else:
+        y = layers.ZeroPadding2D(
+            1, data_format=data_format, name=f"{name}_pad1", dtype=dtype
+        )(x)
+        y = conv(width, 3, stride, "conv1", padding="valid")(y)
+    y = batch_norm(data_format, f"{name}_bn1", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
+    y = conv(width, 3, 1, "conv2")(y)
+    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
     shortcut = x
     if stride != 1 or x.shape[channel_axis(data_format)] != width:
-        shortcut = conv2d(
-            width, 1, stride, regularizer, data_format, f"{name}_shortcut_conv"
-        )(x)
-        shortcut = batch_norm(data_format, f"{name}_shortcut_bn")(shortcut)
-    y = layers.Add(name=f"{name}_add")([y, shortcut])
-    return layers.ReLU(name=f"{name}_out")(y)
+        shortcut = conv(width, 1, stride, "shortcut_conv")(x)
+        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
+    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
+    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
 
 
 def resnet18(**kwargs):

@@ -22,6 +22,7 @@ and dense kernel (see `docs/backbones.md`).
 import keras
 from keras import layers
 
+from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
@@ -32,7 +33,7 @@ MLP_WIDTH = 512
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
-class VGG16BN(keras.Model):
+class VGG16BN(Backbone):
     """CIFAR VGG-16 with batch norm and the 512-512 MLP, as a PCL backbone.
 
     A functional model from images to 512 features (the output of the MLP's
@@ -49,6 +50,9 @@ class VGG16BN(keras.Model):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         name: model name; defaults to `vgg16_bn`.
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -63,11 +67,13 @@ class VGG16BN(keras.Model):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         data_format = check_data_format(data_format)
         input_shape = check_input_shape(input_shape, data_format, min_size=32)
         regularizer = keras.regularizers.get(kernel_regularizer)
+        dtype = keras.dtype_policies.get(dtype)
 
         inputs = keras.Input(shape=input_shape, name="images")
         x = inputs
@@ -81,39 +87,37 @@ class VGG16BN(keras.Model):
                     data_format,
                     f"block{block}_conv{i}",
                     use_bias=True,
+                    dtype=dtype,
                 )(x)
-                x = batch_norm(data_format, f"block{block}_bn{i}")(x)
-                x = layers.ReLU(name=f"block{block}_relu{i}")(x)
+                x = batch_norm(data_format, f"block{block}_bn{i}", dtype)(x)
+                x = layers.ReLU(name=f"block{block}_relu{i}", dtype=dtype)(x)
             x = layers.MaxPooling2D(
-                2, data_format=data_format, name=f"block{block}_pool"
+                2, data_format=data_format, name=f"block{block}_pool", dtype=dtype
             )(x)
-        x = layers.GlobalAveragePooling2D(data_format=data_format, name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(
+            data_format=data_format, name="avg_pool", dtype=dtype
+        )(x)
         for i in (1, 2):
             x = layers.Dense(
                 MLP_WIDTH,
                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
                 kernel_regularizer=regularizer,
                 name=f"mlp_dense{i}",
+                dtype=dtype,
             )(x)
-            x = layers.ReLU(name=f"mlp_relu{i}")(x)
-        super().__init__(inputs=inputs, outputs=x, name=name or "vgg16_bn", **kwargs)
-        self.image_shape = input_shape
-        self.kernel_regularizer = regularizer
-        self.data_format = data_format
-        self.default_split_at = "block4_pool"
-
-    def get_config(self):
-        return {
-            "input_shape": self.image_shape,
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "data_format": self.data_format,
-            "name": self.name,
-            "trainable": self.trainable,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+            x = layers.ReLU(name=f"mlp_relu{i}", dtype=dtype)(x)
+        super().__init__(
+            inputs,
+            x,
+            arguments={},
+            input_shape=input_shape,
+            kernel_regularizer=regularizer,
+            data_format=data_format,
+            default_split_at="block4_pool",
+            name=name or "vgg16_bn",
+            dtype=dtype,
+            **kwargs,
+        )
 
 
 def vgg16(**kwargs):

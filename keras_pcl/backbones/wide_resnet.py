@@ -34,6 +34,9 @@ class WideResNet(CIFARBottleneckResNet):
         data_format: `"channels_last"` or `"channels_first"`; defaults to
             `keras.config.image_data_format()`.
         name: model name; defaults to `wrn{depth}_{width_factor}`.
+        dtype: dtype policy of every layer (e.g. `"float64"`,
+            `"mixed_bfloat16"` or a `keras.DTypePolicy`); defaults to
+            `keras.config.dtype_policy()`.
 
     Example:
 
@@ -50,6 +53,7 @@ class WideResNet(CIFARBottleneckResNet):
         kernel_regularizer=None,
         data_format=None,
         name=None,
+        dtype=None,
         **kwargs,
     ):
         if name is None and isinstance(depth, int) and isinstance(width_factor, int):
@@ -61,6 +65,7 @@ class WideResNet(CIFARBottleneckResNet):
             kernel_regularizer=kernel_regularizer,
             data_format=data_format,
             name=name,
+            dtype=dtype,
             **kwargs,
         )
 
@@ -70,7 +75,7 @@ def wrn20_8(**kwargs):
 
     Args:
         **kwargs: passed to `WideResNet` (`input_shape`,
-            `kernel_regularizer`, `data_format`, `name`).
+            `kernel_regularizer`, `data_format`, `name`, `dtype`).
 
     Example:
 

@@ -71,6 +71,20 @@ def test_bad_depth_raises():
         CIFARResNet(depth=33)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"depth": "32"}, "Received: depth='32'"),
+        ({"input_shape": (32, 32)}, r"three positive ints.*input_shape=\(32, 32\)"),
+        ({"input_shape": (2, 2, 3)}, r">= 4 .*input_shape=\(2, 2, 3\)"),
+        ({"data_format": "NCHW"}, "'channels_last' or 'channels_first'"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CIFARResNet(**kwargs)
+
+
 def test_config_round_trip():
     model = CIFARResNet(depth=14, input_shape=(16, 16, 3), name="r14")
     clone = CIFARResNet.from_config(model.get_config())

@@ -43,7 +43,8 @@ def test_shapes_and_default_split():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"depth": 50}, "depth=50"),
+        ({"depth": 50}, r"one of \[18, 34\]\. Received: depth=50"),
+        ({"depth": True}, "depth=True"),
         ({"input_shape": (16, 16, 3)}, r"input_shape=\(16, 16, 3\)"),
     ],
 )
