@@ -9,7 +9,8 @@ batch norm, no augmentation, so that nothing depends on how the batch is
 split) takes two SGD steps on the same global batches, once on one device
 and once data-parallel on two (`tf.distribute.MirroredStrategy` /
 `keras.distribution.DataParallel`). Writes the logs and every weight
-(students, mean teachers, step counter) of both runs to OUT.npz.
+(students, mean teachers, step counter) of both runs, and the initial
+weights (to size the tolerance by the update), to OUT.npz.
 """
 
 import os
@@ -82,9 +83,10 @@ def main(out_path):
     for key in ("loss", "ce", "pe", "pm"):
         arrays[f"single_log_{key}"] = np.array(single_logs[key])
         arrays[f"parallel_log_{key}"] = np.array(parallel_logs[key])
-    for i, (w, a, b) in enumerate(
-        zip(single.weights, single_weights, parallel_weights)
+    for i, (w, w0, a, b) in enumerate(
+        zip(single.weights, initial, single_weights, parallel_weights)
     ):
+        arrays[f"initial_weight_{i}_{w.path}"] = w0
         arrays[f"single_weight_{i}_{w.path}"] = a
         arrays[f"parallel_weight_{i}_{w.path}"] = b
     np.savez(out_path, **arrays)

@@ -1,7 +1,11 @@
 """Shared helpers for the test suite (the suite runs once per backend)."""
 
+import math
+
 import keras
 import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps)  # 2**-23 ~ 1.19e-7, one float32 ulp of 1.0
 
 
 def tiny_backbone(image_size=8, channels=3, name="tiny"):
@@ -69,3 +73,64 @@ def gradients(fn, tensors):
 
 def weights_of(layer):
     return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.weights]
+
+
+def float32_atol(magnitude, k):
+    """Absolute tolerance for the same float32 math evaluated in another order.
+
+    Two evaluations of the same formula that differ only in how sums are
+    grouped (another SIMD width, AVX2 vs AVX-512, FMA or not, oneDNN vs Eigen
+    kernels, XLA fusion, two replicas whose partial sums are all-reduced
+    instead of one device) differ by a few float32 ulps of the *magnitude of
+    the quantities summed*, not of the result: a float32 sum of terms with
+    absolute values adding up to M has a rounding error of about
+    eps32 * M (blocked/pairwise summation, errors of random sign; the
+    worst-case bound grows with log2 of the number of terms). A result
+    that is a small difference of large terms (a KL divergence between
+    near-equal distributions, a loss term that is a small part of the total)
+    therefore has a large *relative* error, and an `rtol` of the result alone
+    is the wrong tolerance for it.
+
+    Returns `k * EPS32 * magnitude`; `k` is the number of ulps allowed and
+    every caller states why its `magnitude` and `k` fit what it compares.
+    """
+    return k * EPS32 * float(magnitude)
+
+
+def kd_magnitude(temperature, num_classes, num_terms=1):
+    """Magnitude of the float32 quantities summed in `num_terms` KD_T terms.
+
+    `KD_T = T**2 * mean_b sum_c p_c (log p_c - log q_c)` for softened
+    distributions close to uniform: each log-probability is about
+    `log(C)` in size, so each KD term is a small difference of two sums
+    of size about `log(C)` (entropy and cross-entropy) scaled by `T**2`,
+    and its rounding error is eps32 times `T**2 * 2 * log(C)`, whatever
+    the size of the KD term itself (often 1e-3 of that).
+    """
+    return num_terms * temperature**2 * 2.0 * math.log(num_classes)
+
+
+def sgd_weights_atol(final, initial, summed_terms, k=16.0):
+    """Absolute tolerance for weights after a few float32 SGD steps.
+
+    Compares weights trained by the same steps in another summation order.
+    Two sources of difference: rounding the weight itself (eps32 * |w|) and
+    the rounding error of the updates, `lr * gradient`. Every gradient entry
+    is a sum over `summed_terms` products (batch x spatial positions) of
+    both signs, so its error is relative to the size of those products,
+    which can exceed the (partly cancelling) net update; the net update
+    `max|w - w_0|` stands in for their size and `log2(summed_terms)` for the
+    growth with their number and for the cancellation. The differences also
+    pass through the later steps (momentum, the mean teacher). With `k`
+    ulps of margin:
+
+        atol = k * eps32 * (max|w| + log2(summed_terms) * max|w - w_0|)
+
+    A wrong update (a doubled or dropped gradient) moves a weight tensor by
+    about `max|w - w_0|` itself, hundreds of times this tolerance or more.
+    """
+    final = np.asarray(final, dtype="float64")
+    initial = np.asarray(initial, dtype="float64")
+    step = np.max(np.abs(final - initial), initial=0.0)
+    scale = np.max(np.abs(final), initial=0.0) + math.log2(summed_terms) * step
+    return float(k * EPS32 * scale)
