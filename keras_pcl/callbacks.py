@@ -6,6 +6,10 @@ import warnings
 import keras
 import numpy as np
 
+from keras_pcl.export import FORMATS
+from keras_pcl.validation import check
+from keras_pcl.validation import check_choice
+
 
 class BestPeerTracker(keras.callbacks.Callback):
     """Keeps the best peer by validation accuracy and makes it the deployed one.
@@ -64,18 +68,13 @@ class BestPeerTracker(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        if mean_teacher is not None and not isinstance(mean_teacher, bool):
-            raise ValueError(
-                "`mean_teacher` must be True, False or None. "
-                f"Received: mean_teacher={mean_teacher!r}"
-            )
-        from keras_pcl.export import FORMATS
-
-        if export_format not in FORMATS:
-            raise ValueError(
-                f"`export_format` must be one of {list(FORMATS)}. "
-                f"Received: export_format={export_format!r}"
-            )
+        check(
+            mean_teacher is None or isinstance(mean_teacher, bool),
+            "mean_teacher",
+            mean_teacher,
+            "True, False or None",
+        )
+        check_choice("export_format", export_format, FORMATS)
         if filepath is not None and not isinstance(filepath, (str, os.PathLike)):
             raise ValueError(
                 "`filepath` must be a path (str) or None. "
@@ -125,8 +124,10 @@ class BestPeerTracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        keys = [self.monitor(j) for j in range(self.model.num_peers)]
-        missing = [key for key in keys if key not in logs]
+        # Only the peers that the method deploys compete (OKDDip: its leader).
+        peers = self.model.deployable_peers
+        keys = {j: self.monitor(j) for j in peers}
+        missing = [key for key in keys.values() if key not in logs]
         if missing:
             if not self._warned:
                 self._warned = True
@@ -139,8 +140,8 @@ class BestPeerTracker(keras.callbacks.Callback):
                 )
             return
         # As stored in the model (float32), so that a tie is not a gain.
-        scores = [float(np.float32(logs[key])) for key in keys]
-        peer = max(range(len(scores)), key=lambda j: scores[j])
+        scores = {j: float(np.float32(logs[key])) for j, key in keys.items()}
+        peer = max(peers, key=lambda j: scores[j])
         record = self.model.best_peer
         if record is not None and not scores[peer] > record.score:
             return

@@ -31,6 +31,8 @@ import os
 import keras
 import numpy as np
 
+from keras_pcl.deployment import resolve_peer
+
 FORMATS = ("keras", "tf_saved_model", "onnx", "tflite")
 
 # Backends on which Keras (3.15) writes each format with the `export` extra.
@@ -228,34 +230,6 @@ def export_peer(
             verbose=verbose,
         )
     return serving
-
-
-def resolve_peer(model, peer):
-    """The peer index that `peer` ("best", "deploy" or an int) stands for."""
-    if peer == "best":
-        record = model.best_peer
-        if record is None:
-            raise ValueError(
-                "`peer='best'`, but this model has no best peer recorded: "
-                "train it with `keras_pcl.callbacks.BestPeerTracker()` and "
-                "validation data, or pass a peer index (e.g. "
-                f"peer={model.deploy_peer}, the current `deploy_peer`). "
-                f"Received: peer={peer!r}"
-            )
-        return record.peer
-    if peer == "deploy":
-        return model.deploy_peer
-    if isinstance(peer, bool) or not isinstance(peer, int):
-        raise ValueError(
-            "`peer` must be 'best', 'deploy' or an int peer index. "
-            f"Received: peer={peer!r}"
-        )
-    if not 0 <= peer < model.num_peers:
-        raise ValueError(
-            f"`peer` must be a peer index in [0, {model.num_peers - 1}] "
-            f"(num_peers={model.num_peers}). Received: peer={peer!r}"
-        )
-    return peer
 
 
 def _write_saved_model(serving, filepath, input_spec, verbose):

@@ -9,8 +9,9 @@ callback would be skipped with `steps_per_execution > 1` and would force a
 device-to-host sync every step on JAX).
 """
 
-import keras
 from keras import ops
+
+from keras_pcl import _compat
 
 
 def ema_decay_at(step, ema_decay):
@@ -59,8 +60,4 @@ def freeze_variable(variable):
     inference mode).
     """
     variable.trainable = False
-    if keras.backend.backend() == "torch":
-        # Keras' torch Variable fixes `requires_grad` when it is created and
-        # its `trainable` setter leaves it alone; without this, autograd
-        # would record every mean-teacher forward pass.
-        variable.value.requires_grad_(False)
+    _compat.freeze_torch_variable(variable)

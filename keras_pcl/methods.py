@@ -70,7 +70,8 @@ def method_options(name):
             break
         if klass.__name__ == "MultiBranchModel":
             break
-    excluded = set(cls.fixed_arguments) | set(PCL_VARIANTS.get(name, {}))
+    excluded = set(cls.fixed_arguments) | set(cls.internal_arguments)
+    excluded |= set(PCL_VARIANTS.get(name, {}))
     return tuple(o for o in options if o not in excluded)
 
 

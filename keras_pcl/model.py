@@ -29,12 +29,10 @@ from keras_pcl.mean_teacher import freeze_variable
 from keras_pcl.mean_teacher import update_mean_teacher
 from keras_pcl.multi_branch import DEFAULT_RAMPUP_STEPS
 from keras_pcl.multi_branch import MultiBranchModel
-from keras_pcl.multi_branch import check_bool
-from keras_pcl.multi_branch import check_number
 from keras_pcl.multi_branch import dense_classifier
-from keras_pcl.multi_branch import per_view
-from keras_pcl.multi_branch import raise_invalid
 from keras_pcl.splitting import fresh_clone
+from keras_pcl.validation import check_bool
+from keras_pcl.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
@@ -134,9 +132,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         shared_augmentation=False,
         **kwargs,
     ):
-        check_number("ema_decay", ema_decay, "a number in [0, 1)")
-        if not 0 <= ema_decay < 1:
-            raise_invalid("ema_decay", ema_decay, "a number in [0, 1)")
+        check_number("ema_decay", ema_decay, "a number in [0, 1)", lambda a: 0 <= a < 1)
         check_bool("distill_from_ensemble", distill_from_ensemble)
         check_bool("distill_from_mean_teachers", distill_from_mean_teachers)
         check_bool("shared_augmentation", shared_augmentation)
@@ -151,13 +147,13 @@ class PeerCollaborativeModel(MultiBranchModel):
             consistency_weight=consistency_weight,
             rampup_steps=rampup_steps,
             deploy_peer=deploy_peer,
+            views_per_peer=not shared_augmentation,
             **kwargs,
         )
         self.ema_decay = float(ema_decay)
         self.distill_from_ensemble = distill_from_ensemble
         self.distill_from_mean_teachers = distill_from_mean_teachers
         self.shared_augmentation = shared_augmentation
-        self.views_per_peer = not shared_augmentation
 
         head = self._head_template
         self.ensemble_classifier = dense_classifier(
@@ -176,7 +172,6 @@ class PeerCollaborativeModel(MultiBranchModel):
         for student, teacher in zip(self._students(), self._mean_teachers()):
             teacher.set_weights(student.get_weights())
         self._freeze_mean_teachers()
-        self._build_metrics()
 
     @property
     def trainable(self):
@@ -199,19 +194,28 @@ class PeerCollaborativeModel(MultiBranchModel):
     def _branch_outputs(self, views, training):
         """Logits of every peer, of the ensemble and of every mean teacher."""
         features = self._peer_features(views, training)
-        teacher_trunk = per_view(self.mean_teacher_trunk, views, training)
+        teacher_trunk = self._per_view(self.mean_teacher_trunk, views, training)
         teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
         ensemble_input = ops.concatenate(features, axis=-1)
         if not self.distill_from_ensemble:
             ensemble_input = ops.stop_gradient(ensemble_input)
         return {
-            "peer_logits": self._classify(features),
+            "peer_logits": self._classify(features, training),
             "ensemble_logits": self.ensemble_classifier(ensemble_input),
             "mean_teacher_logits": [
-                ops.stop_gradient(classifier(head(teacher_trunk[j], training=training)))
+                ops.stop_gradient(
+                    self._apply(
+                        classifier,
+                        self._apply(head, teacher_trunk[j], training),
+                        training,
+                    )
+                )
                 for j, (head, classifier) in enumerate(teacher_heads)
             ],
         }
+
+    def _deployed_logits(self, outputs):
+        return outputs["mean_teacher_logits"][self.deploy_peer]
 
     def _peer_parts(self, index, mean_teacher):
         if mean_teacher:
@@ -226,22 +230,11 @@ class PeerCollaborativeModel(MultiBranchModel):
     # Loss and metrics
     # ------------------------------------------------------------------
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Configures training; the loss and metrics are built in.
-
-        Args:
-            optimizer: as in `keras.Model.compile`. The paper uses
-                `keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)`.
-            loss: must be None: the PCL loss is set by the constructor's
-                `temperature`, `consistency_weight` and `rampup_steps`.
-            metrics: must be None: accuracies of every peer, of the ensemble
-                and of every mean teacher are always reported.
-            **kwargs: other `keras.Model.compile` arguments
-                (`jit_compile`, `steps_per_execution`, ...).
-        """
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-        if keras.backend.backend() == "tensorflow" and not self.jit_compile:
-            _keep_tensorflow_read_before_write_order()
+    def _needs_ordered_reads(self):
+        # The mean-teacher update reads student weights that the optimizer
+        # writes later in the step; TensorFlow graphs without XLA may swap
+        # the two (see `keras_pcl._compat.tensorflow_reads_before_writes`).
+        return keras.backend.backend() == "tensorflow" and not self.jit_compile
 
     def _loss_terms(self, y, outputs):
         return pcl_loss(
@@ -318,20 +311,3 @@ class PeerCollaborativeModel(MultiBranchModel):
         for teacher in self._mean_teachers():
             for variable in teacher.weights:
                 freeze_variable(variable)
-
-
-def _keep_tensorflow_read_before_write_order():
-    """Turns off Grappler's dependency optimizer (TensorFlow without XLA).
-
-    The mean-teacher update reads each student weight at the start of the
-    step; the optimizer writes it at the end. `tf.function` orders the two
-    with a control edge, but Grappler's dependency optimizer removes such
-    edges from variable reads, and the optimizer's write then sometimes runs
-    first: the mean teacher averages the *updated* weight (about 1 run in 12
-    of an 8-step test; 0 in 60 with this pass off). XLA (`jit_compile=True`),
-    JAX and PyTorch are not affected. The setting is process-wide and only
-    disables that optimisation pass.
-    """
-    import tensorflow as tf
-
-    tf.config.optimizer.set_experimental_options({"dependency_optimization": False})

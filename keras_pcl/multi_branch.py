@@ -4,44 +4,50 @@ Every method in this package trains `num_peers` copies of the high-level
 layers of one backbone ("peers", or "branches"), each with its own dense
 classifier, on top of a trunk that is either shared (PCL, ONE, CL-ILR,
 OKDDip) or absent (DML, KDCL: separate full networks). This base class owns
-that structure and everything that does not depend on the loss:
+that structure and the training-step plumbing that does not depend on the
+loss; each other job has its own module:
 
-* cutting the backbone (`keras_pcl.splitting`), building fresh peers;
-* the inputs: raw pixels, in-model augmentation (one view per peer, or one
-  view shared by all), `preprocessing`;
-* a step counter and the consistency ramp-up `w(t)` inside the compiled step;
-* the best-peer record (`BestPeerTracker`), `deploy_peer`, `get_peer` and
-  `export_peer`: any method deploys one network through the same path;
-* `compile` (the loss and metrics are built in), loss and accuracy trackers,
-  regularization losses, `tf.distribute` loss scaling, serialisation.
+* cutting the backbone: `keras_pcl.splitting`;
+* the peers' inputs (augmentation per peer, preprocessing):
+  `keras_pcl.views.PeerViews`;
+* which peer deploys, and as what network: `keras_pcl.deployment`;
+* workarounds of Keras and backend internals: `keras_pcl._compat`.
+
+What stays here: the trunk and fresh peers, the step counter and the
+consistency ramp-up `w(t)` inside the compiled step, `compile` (the
+method's loss is built in; Keras metrics score the deployed network), the
+loss and accuracy trackers, and serialisation.
 
 A method subclasses it and writes three things: `_branch_outputs` (the
 forward pass of every branch), `_loss_terms` (a function from
-`keras_pcl.losses`) and `_accuracy_logits` (what to report).
+`keras_pcl.losses`) and `_accuracy_logits` (what to report); class
+attributes describe its structure.
 """
-
-import collections
 
 import keras
 from keras import ops
 
-from keras_pcl.augmentation import default_augmentation
+from keras_pcl import _compat
+from keras_pcl.deployment import BestPeer  # noqa: F401 (public name, kept here)
+from keras_pcl.deployment import PeerDeployment
+from keras_pcl.deployment import clone_layer  # noqa: F401 (public name)
 from keras_pcl.losses import consistency_rampup
 from keras_pcl.losses import standardize_labels
 from keras_pcl.splitting import check_backbone
 from keras_pcl.splitting import fresh_clone
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
+from keras_pcl.validation import check_bool  # noqa: F401 (used by subclasses)
+from keras_pcl.validation import check_int
+from keras_pcl.validation import check_number
+from keras_pcl.validation import raise_invalid  # noqa: F401
+from keras_pcl.views import PeerViews
 
 # The paper's CIFAR recipe: 80 ramp-up epochs of ceil(50000 / 128) steps.
 DEFAULT_RAMPUP_STEPS = 80 * 391
 
 
-class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
-    """The best peer so far: index, 0-based epoch, monitored score."""
-
-
-class MultiBranchModel(keras.Model):
+class MultiBranchModel(PeerDeployment, keras.Model):
     """Base class of multi-branch online-distillation models.
 
     Not used directly: see `keras_pcl.PeerCollaborativeModel` and
@@ -52,7 +58,8 @@ class MultiBranchModel(keras.Model):
         shares_trunk: whether the peers share the layers up to `split_at`
             (False: each peer is a full copy of the backbone).
         views_per_peer: whether each peer sees its own augmentation of the
-            batch (False: one augmented view for all).
+            batch (False: one augmented view for all). A subclass whose
+            instances differ passes `views_per_peer` to this constructor.
         has_mean_teachers: whether `get_peer(j, mean_teacher=True)` exists.
         min_peers: the smallest `num_peers` the method accepts.
         loss_term_names: the components of the loss that are logged.
@@ -81,6 +88,8 @@ class MultiBranchModel(keras.Model):
             `w(t)` reaches.
         rampup_steps: int >= 0, the ramp-up length in training steps.
         deploy_peer: int, the peer that `call` and `predict` use.
+        views_per_peer: None (the class attribute) or a bool; for
+            subclasses only, not part of the config.
         **kwargs: passed to `keras.Model` (e.g. `name`).
     """
 
@@ -92,6 +101,8 @@ class MultiBranchModel(keras.Model):
     uses_rampup = True
     # Constructor arguments a subclass fixes (dropped from `get_config`).
     fixed_arguments = ()
+    # Constructor arguments for subclasses only (not options of a method).
+    internal_arguments = ("views_per_peer",)
 
     def __init__(
         self,
@@ -105,16 +116,18 @@ class MultiBranchModel(keras.Model):
         consistency_weight=1.0,
         rampup_steps=DEFAULT_RAMPUP_STEPS,
         deploy_peer=0,
+        views_per_peer=None,
         **kwargs,
     ):
         check_int("num_classes", num_classes, minimum=2)
         check_int("num_peers", num_peers, minimum=self.min_peers)
-        check_number("temperature", temperature, "a positive number")
-        if temperature <= 0:
-            raise_invalid("temperature", temperature, "a positive number")
-        check_number("consistency_weight", consistency_weight, "a number >= 0")
-        if consistency_weight < 0:
-            raise_invalid("consistency_weight", consistency_weight, "a number >= 0")
+        check_number("temperature", temperature, "a positive number", lambda t: t > 0)
+        check_number(
+            "consistency_weight",
+            consistency_weight,
+            "a number >= 0",
+            lambda w: w >= 0,
+        )
         check_int("rampup_steps", rampup_steps, minimum=0)
         check_int("deploy_peer", deploy_peer, minimum=0)
         if deploy_peer >= num_peers:
@@ -124,43 +137,19 @@ class MultiBranchModel(keras.Model):
                 f"a peer index in [0, num_peers - 1] = [0, {num_peers - 1}]",
             )
         check_backbone(backbone)
-        if self.shares_trunk:
-            if split_at is None:
-                split_at = getattr(backbone, "default_split_at", None)
-                if split_at is None:
-                    raise ValueError(
-                        "`split_at` is required: backbone "
-                        f"'{backbone.name}' has no `default_split_at`. Pass "
-                        "the name of the layer that ends the shared trunk, "
-                        f"one of {split_candidates(backbone)}. "
-                        "Received: split_at=None"
-                    )
-            trunk, head = split_backbone(backbone, split_at)
-        else:
-            if split_at is not None:
-                raise ValueError(
-                    f"{type(self).__name__} trains separate full networks and "
-                    "has no shared trunk; leave `split_at` as None. "
-                    f"Received: split_at={split_at!r}"
-                )
-            trunk, head = None, backbone
+        trunk, head, split_at = self._split(backbone, split_at)
         image_shape = tuple(backbone.inputs[0].shape[1:])
-        if preprocessing is not None and not isinstance(
-            preprocessing, keras.layers.Layer
-        ):
-            raise ValueError(
-                "`preprocessing` must be a Keras layer (it becomes part of "
-                "every deployed network), e.g. "
-                "`keras.layers.Normalization(mean=..., variance=...)`. "
-                f"Received: preprocessing={preprocessing!r}"
-            )
-        if not (
-            augmentation is None or augmentation == "default" or callable(augmentation)
-        ):
-            raise ValueError(
-                "`augmentation` must be 'default', None, a Keras layer or a "
-                f"callable. Received: augmentation={augmentation!r}"
-            )
+        if views_per_peer is None:
+            views_per_peer = type(self).views_per_peer
+        views = PeerViews(
+            num_peers,
+            image_shape,
+            augmentation=augmentation,
+            preprocessing=preprocessing,
+            view_per_peer=views_per_peer,
+            owner=type(self).__name__,
+            name="peer_views",
+        )
 
         super().__init__(**kwargs)
         self.num_classes = num_classes
@@ -169,8 +158,8 @@ class MultiBranchModel(keras.Model):
         self.temperature = float(temperature)
         self.consistency_weight = float(consistency_weight)
         self.rampup_steps = rampup_steps
+        self.views_per_peer = views_per_peer
         self._image_shape = image_shape
-        self._deploy_peer = deploy_peer
         # The backbone is kept as a config only: tracking it would add the
         # unused weights of its own head to this model.
         object.__setattr__(
@@ -179,22 +168,7 @@ class MultiBranchModel(keras.Model):
             keras.saving.serialize_keras_object(backbone),
         )
         self._augmentation_arg = augmentation
-
-        if preprocessing is None:
-            preprocessing = keras.layers.Rescaling(1.0 / 255, name="rescaling")
-        if not preprocessing.built:
-            # Built here, not inside the first traced step: a layer such as
-            # `Normalization(mean=..., variance=...)` creates tensors in
-            # `build` that a later trace could not reach.
-            preprocessing.build((None,) + image_shape)
-        self.preprocessing = preprocessing
-        if augmentation == "default":
-            channels_first = keras.config.image_data_format() == "channels_first"
-            spatial = image_shape[1:] if channels_first else image_shape[:2]
-            augmentation = default_augmentation(spatial)
-        self.augmentation = augmentation
-        if isinstance(augmentation, keras.layers.Layer):
-            augmentation.build((None,) + image_shape)
+        self.views = views
 
         self.feature_dim = head.outputs[0].shape[-1]
         # Kept for subclasses that build more copies of the peer head.
@@ -215,21 +189,40 @@ class MultiBranchModel(keras.Model):
             aggregation="only_first_replica",
             name="pcl_step",
         )
-        # What `keras_pcl.callbacks.BestPeerTracker` recorded: variables, so
-        # that `save`, `load_model` and `BackupAndRestore` keep them.
-        self._best_peer_index = self._add_record_variable("best_peer", "int32", -1)
-        self._best_peer_epoch = self._add_record_variable(
-            "best_peer_epoch", "int32", -1
-        )
-        self._best_peer_score = self._add_record_variable(
-            "best_peer_score", "float32", float("-inf")
-        )
+        self._create_peer_record(deploy_peer)
+        self._create_trackers()
+        object.__setattr__(self, "_inference_memo", None)
+        self.built = True
 
-    def _build_metrics(self):
-        """Creates the loss and accuracy trackers; call at the end of __init__.
+    def _split(self, backbone, split_at):
+        """`(trunk, head, split_at)`: the backbone cut for this method."""
+        if not self.shares_trunk:
+            if split_at is not None:
+                raise ValueError(
+                    f"{type(self).__name__} trains separate full networks and "
+                    "has no shared trunk; leave `split_at` as None. "
+                    f"Received: split_at={split_at!r}"
+                )
+            return None, backbone, None
+        if split_at is None:
+            split_at = getattr(backbone, "default_split_at", None)
+            if split_at is None:
+                raise ValueError(
+                    "`split_at` is required: backbone "
+                    f"'{backbone.name}' has no `default_split_at`. Pass "
+                    "the name of the layer that ends the shared trunk, "
+                    f"one of {split_candidates(backbone)}. "
+                    "Received: split_at=None"
+                )
+        trunk, head = split_backbone(backbone, split_at)
+        return trunk, head, split_at
 
-        The accuracy metrics are named after the keys of `_accuracy_logits`
-        (`peer_{j}` -> `peer_{j}_accuracy`).
+    def _create_trackers(self):
+        """The loss and accuracy trackers, named after the method's outputs.
+
+        The accuracy metrics are named after `_accuracy_names()`
+        (`peer_{j}` -> `peer_{j}_accuracy`), which depends only on the class
+        and `num_peers`, so they are made here for every method.
         """
         self.loss_trackers = [
             keras.metrics.Mean(name=name) for name in self.loss_term_names
@@ -241,14 +234,17 @@ class MultiBranchModel(keras.Model):
             keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy")
             for name in self._accuracy_names()
         ]
-        self.built = True
 
     # ------------------------------------------------------------------
     # What a method defines
     # ------------------------------------------------------------------
 
     def _branch_outputs(self, views, training):
-        """Returns a dict of tensors with at least `peer_logits` (a list)."""
+        """Returns a dict of tensors with at least `peer_logits` (a list).
+
+        Run every layer through `self._apply(layer, x, training)`, so that
+        `evaluate` reuses what `call` already computed.
+        """
         raise NotImplementedError
 
     def _loss_terms(self, y, outputs):
@@ -262,199 +258,34 @@ class MultiBranchModel(keras.Model):
         """Logits to score, in the order of `_accuracy_names`."""
         return list(outputs["peer_logits"])
 
+    def _deployed_logits(self, outputs):
+        """The deployed network's logits among `_branch_outputs`'s."""
+        return outputs["peer_logits"][self.deploy_peer]
+
     def _before_training_forward(self, step):
         """Runs at the start of each training step (e.g. an EMA update)."""
 
     # ------------------------------------------------------------------
-    # Public API
+    # Inputs
     # ------------------------------------------------------------------
 
     @property
-    def deploy_peer(self):
-        """Index of the peer that `call` and `predict` use."""
-        return self._deploy_peer
-
-    @deploy_peer.setter
-    def deploy_peer(self, value):
-        self._check_peer_index(value, "deploy_peer")
-        if value != self._deploy_peer:
-            self._deploy_peer = value
-            # `predict` was traced for the previous peer.
-            self.predict_function = None
+    def preprocessing(self):
+        """The layer from raw pixels to network inputs (part of every peer)."""
+        return self.views.preprocessing
 
     @property
-    def deployable_peers(self):
-        """The peer indices this method may deploy, as a tuple.
-
-        Every peer for PCL and most baselines; OKDDip deploys only its group
-        leader. `BestPeerTracker`, `export_peer(peer="best")` and the
-        benchmarks choose among these only.
-        """
-        return tuple(range(self.num_peers))
-
-    @property
-    def best_peer(self):
-        """The best peer recorded by `BestPeerTracker`, or None.
-
-        A `BestPeer(peer, epoch, score)` tuple: the peer index, the (0-based)
-        epoch and the monitored validation accuracy. It is part of the
-        model's weights, so it survives `save`/`load_model` and
-        `BackupAndRestore`.
-        """
-        peer = int(keras.ops.convert_to_numpy(self._best_peer_index.value))
-        if peer < 0:
-            return None
-        return BestPeer(
-            peer=peer,
-            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)),
-            score=float(keras.ops.convert_to_numpy(self._best_peer_score.value)),
-        )
-
-    def record_best_peer(self, peer, epoch, score):
-        """Records `peer` as the best and makes it the `deploy_peer`.
-
-        Called by `keras_pcl.callbacks.BestPeerTracker`; not part of a
-        training step.
-        """
-        self._check_peer_index(peer, "peer")
-        self._best_peer_index.assign(peer)
-        self._best_peer_epoch.assign(epoch)
-        self._best_peer_score.assign(score)
-        self.deploy_peer = peer
-
-    def export_peer(
-        self,
-        filepath,
-        peer="best",
-        mean_teacher=None,
-        format="tf_saved_model",
-        overwrite=False,
-        verbose=False,
-    ):
-        """Writes one peer as a standalone network for serving.
-
-        See `keras_pcl.export.export_peer` for the formats, the serving
-        signature and the errors.
-
-        Args:
-            filepath: a directory (`"tf_saved_model"`) or a file ending in
-                `.keras`, `.onnx` or `.tflite`.
-            peer: `"best"` (recorded by `BestPeerTracker`), `"deploy"` or an
-                int peer index.
-            mean_teacher: the peer's mean teacher or its student; defaults to
-                the mean teacher where the method has one.
-            format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`.
-            overwrite: replace an existing `filepath`.
-            verbose: let Keras print what it writes.
-
-        Returns:
-            The exported `keras.Model`.
-
-        Example:
-
-        ```python
-        model.export_peer("served/pcl_resnet32", peer="best")
-        model.export_peer("pcl_resnet32.onnx", peer=0, format="onnx")
-        ```
-        """
-        from keras_pcl.export import export_peer
-
-        return export_peer(
-            self,
-            filepath,
-            peer=peer,
-            mean_teacher=mean_teacher,
-            format=format,
-            overwrite=overwrite,
-            verbose=verbose,
-        )
-
-    def get_peer(self, index, mean_teacher=None):
-        """Returns peer `index` as a standalone `keras.Model`.
-
-        The network is exactly the target architecture: `preprocessing`,
-        trunk, the peer's own layers and its classifier, from raw images to
-        logits. Its weights are copies, so it can be saved, exported or
-        fine-tuned without touching this model.
-
-        Args:
-            index: int in `[0, num_peers)`.
-            mean_teacher: the peer's mean teacher (what PCL deploys) or, if
-                False, the student peer. Defaults to the mean teacher where
-                the method has mean teachers, else the peer.
-
-        Returns:
-            A functional `keras.Model`.
-        """
-        self._check_peer_index(index, "index")
-        mean_teacher = self._resolve_mean_teacher(mean_teacher)
-        inputs = keras.Input(shape=self._image_shape, name="images")
-        x = inputs
-        for part in (self.preprocessing,) + self._peer_parts(index, mean_teacher):
-            clone = clone_layer(part)
-            x = clone(x)
-            clone.set_weights(part.get_weights())
-        kind = "mean_teacher" if mean_teacher else "student"
-        return keras.Model(inputs, x, name=f"peer_{index}_{kind}")
-
-    def _resolve_mean_teacher(self, mean_teacher):
-        if mean_teacher is None:
-            return self.has_mean_teachers
-        if not isinstance(mean_teacher, bool):
-            raise_invalid("mean_teacher", mean_teacher, "True, False or None")
-        if mean_teacher and not self.has_mean_teachers:
-            raise ValueError(
-                f"{type(self).__name__} has no mean teachers; pass "
-                "`mean_teacher=False` (or leave it None) to get the peer "
-                "itself. Received: mean_teacher=True"
-            )
-        return mean_teacher
-
-    def _peer_parts(self, index, mean_teacher):
-        """The layers of peer `index` after `preprocessing`, in order."""
-        parts = (self.peer_heads[index], self.peer_classifiers[index])
-        return parts if self.trunk is None else (self.trunk,) + parts
-
-    # ------------------------------------------------------------------
-    # Forward passes
-    # ------------------------------------------------------------------
-
-    def call(self, inputs, training=False):
-        views = self.peer_views(inputs, training)
-        if training:
-            return self._training_forward(views)
-        j = self._deploy_peer
-        x = views[j]
-        for part in self._peer_parts(j, self.has_mean_teachers):
-            x = part(x, training=False)
-        return x
-
-    def _training_forward(self, views):
-        step = self.step_counter.value
-        self._before_training_forward(step)
-        outputs = self._branch_outputs(views, training=True)
-        outputs["consistency_weight"] = consistency_rampup(
-            step, self.rampup_steps, self.consistency_weight
-        )
-        self.step_counter.assign_add(1)
-        return outputs
-
-    def _inference_outputs(self, inputs):
-        """All branches in inference mode, for `evaluate`."""
-        outputs = self._branch_outputs(
-            self.peer_views(inputs, training=False), training=False
-        )
-        outputs["consistency_weight"] = consistency_rampup(
-            self.step_counter.value, self.rampup_steps, self.consistency_weight
-        )
-        return outputs
+    def augmentation(self):
+        """The training augmentation of raw pixels (a layer, callable or None)."""
+        return self.views.augmentation
 
     def peer_views(self, inputs, training=True):
         """The `num_peers` network inputs that the peers see for a batch.
 
         This is the first thing a training step does: each view is a draw of
         `augmentation` applied to the raw images (one per peer, or one for
-        all when the method shares its view), then `preprocessing`.
+        all when the method shares its view), then `preprocessing`. See
+        `keras_pcl.views.PeerViews`.
 
         Args:
             inputs: a batch of raw images `(batch, height, width, channels)`,
@@ -468,87 +299,123 @@ class MultiBranchModel(keras.Model):
             A list of `num_peers` tensors (the same tensor repeated when the
             peers share one view).
         """
-        if isinstance(inputs, dict):
-            raise ValueError(
-                "`x` must be a batch of images or a tuple of `num_peers` "
-                f"batches (one view per peer). Received: a dict with keys "
-                f"{sorted(inputs)}"
-            )
-        if isinstance(inputs, (list, tuple)):
-            if not self.views_per_peer:
-                raise ValueError(
-                    f"{type(self).__name__} gives all peers the same view; "
-                    "pass one batch of images, not a tuple of "
-                    f"{len(inputs)} views."
-                )
-            if len(inputs) != self.num_peers:
-                raise ValueError(
-                    f"`x` holds {len(inputs)} views, but the model has "
-                    f"num_peers={self.num_peers}. Pass one batch of images "
-                    "(augmented in the model) or exactly one view per peer."
-                )
-            views = [self._check_images(v) for v in inputs]
-            return [self.preprocessing(v) for v in views]
-        images = self._check_images(inputs)
-        if training and self.augmentation is not None:
-            if self.views_per_peer:
-                views = [self._augment(images) for _ in range(self.num_peers)]
-                return [self.preprocessing(v) for v in views]
-            return [self.preprocessing(self._augment(images))] * self.num_peers
-        return [self.preprocessing(images)] * self.num_peers
+        return self.views(inputs, training=training)
 
-    def _augment(self, images):
-        if isinstance(self.augmentation, keras.layers.Layer):
-            return self.augmentation(images, training=True)
-        return self.augmentation(images)
+    # ------------------------------------------------------------------
+    # Forward passes
+    # ------------------------------------------------------------------
 
-    def _check_images(self, images):
-        images = ops.convert_to_tensor(images)
-        shape = tuple(images.shape)
-        expected = self._image_shape
-        if len(shape) != len(expected) + 1 or any(
-            e is not None and s is not None and e != s
-            for s, e in zip(shape[1:], expected)
-        ):
-            raise ValueError(
-                f"Images must have shape (batch, {', '.join(map(str, expected))}) "
-                f"to match the backbone's input. Received: x.shape={shape}"
-            )
-        if not keras.backend.is_float_dtype(images.dtype):
-            images = ops.cast(images, "float32")
-        return images
+    def call(self, inputs, training=False):
+        views = self.peer_views(inputs, training)
+        if training:
+            return self._training_forward(views)
+        # The deployed network. What it computes is remembered, so that
+        # `evaluate` (whose `compute_loss` runs every branch on the same
+        # batch) does not run it twice.
+        memo = []
+        object.__setattr__(self, "_inference_memo", None)
+        j = self.deploy_peer
+        x = views[j]
+        for part in self._peer_parts(j, self.has_mean_teachers):
+            x = self._apply(part, x, training=False, memo=memo)
+        object.__setattr__(self, "_inference_memo", (views, memo, x))
+        return x
+
+    def _apply(self, layer, x, training, memo=None):
+        """`layer(x, training=training)`; in inference, each pair runs once."""
+        if training:
+            return layer(x, training=True)
+        memo = self._active_memo if memo is None else memo
+        if memo is None:
+            return layer(x, training=False)
+        for seen_layer, seen_input, output in memo:
+            if seen_layer is layer and seen_input is x:
+                return output
+        output = layer(x, training=False)
+        memo.append((layer, x, output))
+        return output
+
+    def _training_forward(self, views):
+        step = self.step_counter.value
+        self._before_training_forward(step)
+        outputs = self._branch_outputs(views, training=True)
+        outputs["consistency_weight"] = consistency_rampup(
+            step, self.rampup_steps, self.consistency_weight
+        )
+        self.step_counter.assign_add(1)
+        return outputs
+
+    def _inference_outputs(self, inputs, deployed_logits=None):
+        """All branches in inference mode, for `evaluate`.
+
+        If `deployed_logits` is what `call` just returned for `inputs`, the
+        views and every layer output that `call` computed are reused.
+        """
+        remembered = self._inference_memo
+        object.__setattr__(self, "_inference_memo", None)
+        if remembered is not None and remembered[2] is deployed_logits:
+            views, memo, _ = remembered
+        else:
+            views, memo = self.peer_views(inputs, training=False), []
+        object.__setattr__(self, "_active_memo", memo)
+        try:
+            outputs = self._branch_outputs(views, training=False)
+        finally:
+            object.__setattr__(self, "_active_memo", None)
+        outputs["consistency_weight"] = consistency_rampup(
+            self.step_counter.value, self.rampup_steps, self.consistency_weight
+        )
+        return outputs
+
+    _active_memo = None
+
+    def _per_view(self, network, views, training):
+        """Runs `network` on each peer's view (once per distinct view).
+
+        In training every peer runs it (batch-norm statistics are updated
+        once per peer, as in the spec); in inference a view that repeats is
+        computed once.
+        """
+        return [self._apply(network, view, training) for view in views]
 
     def _peer_features(self, views, training):
         """Pooled features of every (student) peer, each on its own view."""
         if self.trunk is None:
             trunk_outputs = views
         elif self.views_per_peer:
-            trunk_outputs = per_view(self.trunk, views, training)
+            trunk_outputs = self._per_view(self.trunk, views, training)
         else:  # One view for all: the shared trunk runs once.
-            trunk_outputs = [self.trunk(views[0], training=training)] * len(views)
+            trunk_outputs = [self._apply(self.trunk, views[0], training)] * len(views)
         return [
-            head(trunk_outputs[j], training=training)
+            self._apply(head, trunk_outputs[j], training)
             for j, head in enumerate(self.peer_heads)
         ]
 
-    def _classify(self, features):
-        return [classifier(f) for classifier, f in zip(self.peer_classifiers, features)]
+    def _classify(self, features, training=False):
+        return [
+            self._apply(classifier, f, training)
+            for classifier, f in zip(self.peer_classifiers, features)
+        ]
 
     # ------------------------------------------------------------------
     # Loss and metrics
     # ------------------------------------------------------------------
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Configures training; the loss and metrics are built in.
+        """Configures training; the method's loss is built in.
 
         Args:
             optimizer: as in `keras.Model.compile`. The paper uses
                 `keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)`.
             loss: must be None: the method's loss is set by the constructor.
-            metrics: must be None: the accuracy of every peer (and of every
-                teacher the method has) is always reported.
+            metrics: optional Keras metrics of the deployed network (the
+                peer `deploy_peer`, or its mean teacher for PCL), e.g.
+                `[keras.metrics.SparseTopKCategoricalAccuracy(5)]`. In
+                training they score that network's training-mode logits,
+                for the `deploy_peer` of when `fit` started. The accuracy
+                of every peer and teacher is always reported besides.
             **kwargs: other `keras.Model.compile` arguments
-                (`jit_compile`, `steps_per_execution`, ...).
+                (`weighted_metrics`, `jit_compile`, `steps_per_execution`).
         """
         name = type(self).__name__
         if loss is not None:
@@ -557,16 +424,7 @@ class MultiBranchModel(keras.Model):
                 "configure it with the constructor's arguments (e.g. "
                 f"`temperature`, `rampup_steps`) instead. Received: loss={loss!r}"
             )
-        for key in ("metrics", "weighted_metrics"):
-            value = metrics if key == "metrics" else kwargs.get(key)
-            if value:
-                raise ValueError(
-                    f"{name} does not take `{key}`: it reports the accuracy "
-                    "of every peer and of every teacher itself. "
-                    f"Received: {key}={value!r}"
-                )
-        kwargs.pop("weighted_metrics", None)
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
         # Restores the optimizer (and its state) when a `.keras` file is
@@ -591,12 +449,13 @@ class MultiBranchModel(keras.Model):
                 f"{name} needs labels: pass `y` to `fit` or `evaluate`, or a "
                 "dataset of (images, labels) pairs."
             )
-        outputs = y_pred if training else self._inference_outputs(x)
+        outputs = y_pred if training else self._inference_outputs(x, y_pred)
         terms = self._loss_terms(y, outputs)
-        loss = scale_for_replicas(terms["loss"])
+        loss = _compat.scale_loss_for_replicas(terms["loss"])
         for extra in self.losses:  # Regularizers and `add_loss` terms.
             # Keras' own aggregation: summed, and scaled for replicas on TF.
-            loss = loss + ops.cast(self._aggregate_additional_loss(extra), "float32")
+            extra = _compat.aggregate_additional_loss(self, extra)
+            loss = loss + ops.cast(extra, "float32")
 
         for tracker in self.loss_trackers:
             tracker.update_state(terms[tracker.name])
@@ -612,22 +471,41 @@ class MultiBranchModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Metrics are updated in `compute_loss`, where all branches' outputs
-        # are at hand in training and in evaluation.
-        return self.get_metrics_result()
+        # The built-in accuracies are updated in `compute_loss`, where every
+        # branch's outputs are at hand; the compiled metrics score the
+        # deployed network (`y_pred` is its logits outside training).
+        if isinstance(y_pred, dict):
+            y_pred = self._deployed_logits(y_pred)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def zero_grad(self, set_to_none=True):
         """Clears the gradients of every trainable variable (torch backend).
 
-        Keras' torch trainer calls `zero_grad()` before each backward pass.
-        The inherited `torch.nn.Module.zero_grad` only reaches variables that
-        Keras registered with torch, keyed by `variable.path`; a backbone with
-        nested models that repeat layer names has repeated paths, and the
-        gradients of the unregistered variables would then accumulate over
-        steps. Clearing them directly is exact whatever the names.
+        See `keras_pcl._compat.clear_torch_gradients`.
         """
-        for variable in self.trainable_variables:
-            variable.value.grad = None
+        _compat.clear_torch_gradients(self.trainable_variables)
+
+    def make_train_function(self, force=False):
+        # A new `deploy_peer` changes what compiled metrics score (`fit`
+        # calls this once per `fit`, not per step).
+        force = force or getattr(self, "_train_function_stale", False)
+        self._train_function_stale = False
+        super().make_train_function(force=force)
+        function = self.train_function  # Not every backend's returns it.
+        if not self._needs_ordered_reads() or getattr(function, "_ordered", False):
+            return function
+
+        def ordered(*args, **kwargs):
+            with _compat.tensorflow_reads_before_writes():
+                return function(*args, **kwargs)
+
+        ordered._ordered = True
+        self.train_function = ordered
+        return ordered
+
+    def _needs_ordered_reads(self):
+        """Whether the training step reads weights that the optimizer writes."""
+        return False
 
     # ------------------------------------------------------------------
     # Serialisation
@@ -688,72 +566,17 @@ class MultiBranchModel(keras.Model):
             if f"random_state_{i}" in keys:  # Absent in older files.
                 state.assign(store[f"random_state_{i}"])
 
-    # ------------------------------------------------------------------
-    # Helpers
-    # ------------------------------------------------------------------
-
     def _random_states(self):
         """The `SeedGenerator` states of every layer, in tracking order."""
         return [v for v in self.variables if v.name == "seed_generator_state"]
 
-    def _add_record_variable(self, name, dtype, value):
-        return self.add_weight(
-            shape=(),
-            dtype=dtype,
-            initializer=keras.initializers.Constant(value),
-            trainable=False,
-            aggregation="only_first_replica",
-            name=name,
-        )
-
-    def _check_peer_index(self, value, name):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise_invalid(name, value, "an int peer index")
-        if not 0 <= value < self.num_peers:
-            raise_invalid(
-                name,
-                value,
-                f"a peer index in [0, num_peers - 1] = [0, {self.num_peers - 1}]",
-            )
-
 
 def scale_for_replicas(loss):
-    """Divides a per-replica batch-mean loss by the number of replicas.
+    """Divides a per-replica loss by the replicas of a `tf.distribute` strategy.
 
-    Keras' TensorFlow trainer sums the gradients of all replicas of a
-    `tf.distribute` strategy, so each replica's loss must be divided by their
-    number to give the gradient of the global-batch mean; its logs multiply
-    it back. Keras does this inside its compiled losses
-    (`keras.src.losses.loss.scale_loss_for_distribution`, not public API);
-    `compute_loss` is overridden here, so it is done here. Other backends
-    (JAX `keras.distribution`) compute the global-batch mean directly.
+    See `keras_pcl._compat.scale_loss_for_replicas`.
     """
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas == 1:
-        return loss
-    return loss * (1.0 / replicas)
-
-
-def per_view(network, views, training):
-    """Runs `network` on each peer's view.
-
-    In training every peer runs it (batch-norm statistics are updated once
-    per peer, as in the spec); outside training a view that repeats is
-    computed once.
-    """
-    if training:
-        return [network(view, training=True) for view in views]
-    cache = {}
-    outputs = []
-    for view in views:
-        if id(view) not in cache:
-            cache[id(view)] = network(view, training=False)
-        outputs.append(cache[id(view)])
-    return outputs
+    return _compat.scale_loss_for_replicas(loss)
 
 
 def dense_classifier(num_classes, input_dim, name, use_bias=True):
@@ -763,31 +586,3 @@ def dense_classifier(num_classes, input_dim, name, use_bias=True):
     )
     layer.build((None, input_dim))
     return layer
-
-
-def clone_layer(layer):
-    """A new layer (or functional model) with the same config, unshared."""
-    if isinstance(layer, keras.Model):
-        return keras.models.clone_model(layer)
-    return keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(layer)
-    )
-
-
-def check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise_invalid(name, value, f"an int >= {minimum}")
-
-
-def check_number(name, value, expected):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise_invalid(name, value, expected)
-
-
-def check_bool(name, value):
-    if not isinstance(value, bool):
-        raise_invalid(name, value, "True or False")
-
-
-def raise_invalid(name, value, expected):
-    raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")

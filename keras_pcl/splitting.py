@@ -23,6 +23,9 @@ import re
 
 import keras
 
+from keras_pcl._compat import inbound_node
+from keras_pcl._compat import keras_history
+
 # keras.applications families: (family, model-name pattern, pattern of the
 # layer that ends the second-to-last stage; the last match is used). Each
 # name is checked to exist and to cut the graph by tests/splitting_test.py
@@ -274,8 +277,8 @@ def check_backbone(backbone):
             "pooling='avg'`. If that layer really computes features, end "
             "the backbone with `keras.layers.Identity(name='features')` "
             f"after it. Received: backbone={backbone.name!r} whose output "
-            f"layer is {outputs[0]._keras_history.operation.__class__.__name__}"
-            f"(name={outputs[0]._keras_history.operation.name!r})"
+            f"layer is {keras_history(outputs[0]).operation.__class__.__name__}"
+            f"(name={keras_history(outputs[0]).operation.name!r})"
         )
 
 
@@ -324,7 +327,7 @@ def _activation_name(function):
 
 def _final_classifier(output):
     """`(layer, description, features layer name)` if `output` is logits."""
-    layer = output._keras_history.operation
+    layer = keras_history(output).operation
     if isinstance(layer, keras.layers.Dense):
         activation = _activation_name(layer.activation)
         if activation not in _CLASSIFIER_ACTIVATIONS:
@@ -338,7 +341,7 @@ def _final_classifier(output):
         (previous,) = _inbound_tensors(output)[:1] or (None,)
         if previous is None:
             return None
-        dense = previous._keras_history.operation
+        dense = keras_history(previous).operation
         description = f"{layer.__class__.__name__} giving probabilities"
         if isinstance(dense, keras.layers.Dense):
             description = f"Dense followed by {layer.__class__.__name__} '{layer.name}'"
@@ -348,12 +351,11 @@ def _final_classifier(output):
     inputs = _inbound_tensors(output)
     if len(inputs) != 1:
         return None
-    return layer, description, inputs[0]._keras_history.operation.name
+    return layer, description, keras_history(inputs[0]).operation.name
 
 
 def _inbound_tensors(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return list(operation._inbound_nodes[node_index].input_tensors)
+    return list(inbound_node(tensor).input_tensors)
 
 
 def _nested_path(model, name):
@@ -392,9 +394,8 @@ def _graph_outputs(backbone):
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
-        operation, node_index, _ = tensor._keras_history
-        node = operation._inbound_nodes[node_index]
-        calls = outputs.setdefault(id(operation), [])
+        node = inbound_node(tensor)
+        calls = outputs.setdefault(id(keras_history(tensor).operation), [])
         if not any(id(node) == id(n) for n, _ in calls):
             calls.append((node, list(node.output_tensors)))
         stack.extend(node.input_tensors)
@@ -436,8 +437,7 @@ def _separates(backbone, split_tensor):
         seen.add(id(tensor))
         if id(tensor) in input_ids:
             return False
-        operation, node_index, _ = tensor._keras_history
-        node = operation._inbound_nodes[node_index]
+        node = inbound_node(tensor)
         stack.extend(node.input_tensors)
     return reached_split
 

@@ -377,12 +377,10 @@ def test_labels_of_the_wrong_rank_raise():
         model.fit(x, np.zeros((8, 2, 2)), batch_size=8, verbose=0)
 
 
-def test_compile_refuses_loss_and_metrics():
+def test_compile_refuses_a_loss():
     model = make_model()
     with pytest.raises(ValueError, match="loss='mse'"):
         model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="metrics="):
-        model.compile(optimizer="sgd", metrics=["accuracy"])
 
 
 def test_sample_weights_are_refused():
@@ -495,3 +493,72 @@ def test_saved_weights_continue_the_exact_augmentation_sequence(tmp_path):
         original.weights, original.get_weights(), resumed.get_weights()
     ):
         np.testing.assert_array_equal(a, b, err_msg=variable.path)
+
+
+def test_compiled_metrics_score_the_deployed_network():
+    x, y = colour_dataset(64, seed=0)
+    x_val, y_val = colour_dataset(48, seed=1)
+    model = make_model(deploy_peer=1)
+    model.compile(
+        optimizer=sgd(),
+        metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")],
+    )
+    history = model.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, validation_data=(x_val, y_val)
+    )
+    assert "top2" in history.history and "val_top2" in history.history
+    results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    # Independent: top-2 of the deployed network (mean teacher of peer 1),
+    # computed from its standalone copy with NumPy.
+    logits = model.get_peer(1).predict(x_val, verbose=0)
+    top2 = np.argsort(-logits, axis=-1)[:, :2]
+    want = np.mean([label in row for label, row in zip(y_val, top2)])
+    assert results["top2"] == pytest.approx(want, abs=1e-6)
+    # A new deploy_peer is what the metrics score next.
+    model.deploy_peer = 2
+    logits = model.get_peer(2).predict(x_val, verbose=0)
+    top2 = np.argsort(-logits, axis=-1)[:, :2]
+    want = np.mean([label in row for label, row in zip(y_val, top2)])
+    results = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    assert results["top2"] == pytest.approx(want, abs=1e-6)
+
+
+def test_evaluate_runs_the_deployed_network_once_per_batch(monkeypatch):
+    x, y = colour_dataset(16, seed=0)
+    model = make_model()
+    model.compile(optimizer=sgd(), run_eagerly=True)  # Python runs per batch.
+    calls = {"trunk": 0, "head": 0}
+    trunk_call = model.mean_teacher_trunk.call
+    head_call = model.mean_teacher_heads[0].call
+
+    def count(key, call):
+        def counted(*args, **kwargs):
+            calls[key] += 1
+            return call(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(model.mean_teacher_trunk, "call", count("trunk", trunk_call))
+    monkeypatch.setattr(model.mean_teacher_heads[0], "call", count("head", head_call))
+    model.evaluate(x, y, batch_size=16, verbose=0)
+    # One batch: the mean-teacher trunk and the deployed head run once each,
+    # shared by `call` (the deployed network) and every branch's outputs.
+    assert calls == {"trunk": 1, "head": 1}
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="Grappler's options exist on TensorFlow only",
+)
+def test_training_leaves_tensorflow_optimizer_options_as_they_were():
+    import tensorflow as tf
+
+    before = tf.config.optimizer.get_experimental_options()
+    x, y = colour_dataset(32, seed=0)
+    model = make_model()
+    model.compile(optimizer=sgd(), jit_compile=False)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    after = tf.config.optimizer.get_experimental_options()
+    assert after.get("dependency_optimization", True) == before.get(
+        "dependency_optimization", True
+    )

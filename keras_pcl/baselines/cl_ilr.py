@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_pcl.losses import cl_ilr_loss
 from keras_pcl.multi_branch import MultiBranchModel
-from keras_pcl.multi_branch import check_bool
+from keras_pcl.validation import check_bool
 
 
 def scale_gradient(x, scale):
@@ -68,13 +68,12 @@ class CLILRModel(MultiBranchModel):
         check_bool("detach_teacher", detach_teacher)
         super().__init__(backbone, num_classes, **kwargs)
         self.detach_teacher = detach_teacher
-        self._build_metrics()
 
     def _peer_features(self, views, training):
-        shared = self.trunk(views[0], training=training)
+        shared = self._apply(self.trunk, views[0], training)
         if training:
             shared = scale_gradient(shared, 1.0 / self.num_peers)
-        return [head(shared, training=training) for head in self.peer_heads]
+        return [self._apply(head, shared, training) for head in self.peer_heads]
 
     def _branch_outputs(self, views, training):
         return {"peer_logits": self._classify(self._peer_features(views, training))}

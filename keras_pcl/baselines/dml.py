@@ -4,7 +4,7 @@ import keras
 
 from keras_pcl.losses import dml_loss
 from keras_pcl.multi_branch import MultiBranchModel
-from keras_pcl.multi_branch import check_bool
+from keras_pcl.validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
@@ -71,7 +71,6 @@ class DMLModel(MultiBranchModel):
             **kwargs,
         )
         self.detach_teacher = detach_teacher
-        self._build_metrics()
 
     def _branch_outputs(self, views, training):
         return {"peer_logits": self._classify(self._peer_features(views, training))}

@@ -75,7 +75,6 @@ class KDCLModel(MultiBranchModel):
             **kwargs,
         )
         self.kd_weight = float(kd_weight)
-        self._build_metrics()
 
     def _branch_outputs(self, views, training):
         return {"peer_logits": self._classify(self._peer_features(views, training))}

@@ -6,7 +6,7 @@ from keras import ops
 
 from keras_pcl.losses import okddip_loss
 from keras_pcl.multi_branch import MultiBranchModel
-from keras_pcl.multi_branch import check_bool
+from keras_pcl.validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
@@ -84,12 +84,14 @@ class OKDDipModel(MultiBranchModel):
         )
         self.query_projection.build((None, self.feature_dim))
         self.key_projection.build((None, self.feature_dim))
-        self._build_metrics()
 
     @property
     def deployable_peers(self):
         """Only the group leader (the last branch) deploys."""
         return (self.num_peers - 1,)
+
+    def _deployed_logits(self, outputs):
+        return outputs["leader_logits"]
 
     def _branch_outputs(self, views, training):
         features = self._peer_features(views, training)

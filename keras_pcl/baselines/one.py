@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_pcl.losses import one_loss
 from keras_pcl.multi_branch import MultiBranchModel
-from keras_pcl.multi_branch import check_bool
+from keras_pcl.validation import check_bool
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
@@ -69,12 +69,11 @@ class ONEModel(MultiBranchModel):
         ]
         self.gate = keras.Sequential(layers, name="gate")
         self.gate.build(trunk_shape)
-        self._build_metrics()
 
     def _branch_outputs(self, views, training):
-        shared = self.trunk(views[0], training=training)
+        shared = self._apply(self.trunk, views[0], training)
         peer_logits = self._classify(
-            [head(shared, training=training) for head in self.peer_heads]
+            [self._apply(head, shared, training) for head in self.peer_heads]
         )
         gates = self.gate(shared, training=training)  # (batch, m)
         gated = ops.sum(ops.stack(peer_logits, axis=1) * gates[:, :, None], axis=1)

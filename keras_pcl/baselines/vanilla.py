@@ -67,7 +67,6 @@ class VanillaModel(MultiBranchModel):
             rampup_steps=0,
             **kwargs,
         )
-        self._build_metrics()
 
     def _branch_outputs(self, views, training):
         return {"peer_logits": self._classify(self._peer_features(views, training))}

@@ -1,0 +1,144 @@
+"""Every place where keras-pcl relies on Keras or backend internals.
+
+One module to audit on a Keras (or TensorFlow, PyTorch) upgrade: each
+function below wraps one private attribute or one backend quirk, says why
+no public API does the job, and which Keras version it was written against
+(Keras 3.15, TensorFlow 2.21, torch 2.13). `tests/compat_test.py` checks
+that each of them still behaves as assumed, so an upgrade that breaks one
+fails there, by name, rather than deep inside a training step.
+"""
+
+import contextlib
+
+import keras
+
+# ----------------------------------------------------------------------
+# Keras internals
+# ----------------------------------------------------------------------
+
+
+def aggregate_additional_loss(model, loss):
+    """Keras' own aggregation of one `model.losses` entry (regularizers).
+
+    `keras.Model.compute_loss` sums `model.losses` through the private
+    `Trainer._aggregate_additional_loss`, which also scales them for
+    `tf.distribute` replicas. Models that override `compute_loss` (as every
+    keras-pcl model does) have no public way to get the same treatment.
+    """
+    return model._aggregate_additional_loss(loss)
+
+
+def clear_initial_epoch(model):
+    """Undoes the epoch that `BackupAndRestore.on_train_begin` sets.
+
+    `BackupAndRestore` stores the restored epoch in the private
+    `model._initial_epoch`, which overrides the `initial_epoch` of the next
+    `fit`; `keras_pcl.training` starts each `fit` at the right epoch itself.
+    """
+    model._initial_epoch = None
+
+
+def keras_history(tensor):
+    """`(operation, node_index, tensor_index)` of a symbolic Keras tensor.
+
+    Keras has no public API to walk a functional graph backwards from a
+    tensor; `keras_pcl.splitting` needs it to find split points.
+    """
+    return tensor._keras_history
+
+
+def inbound_node(tensor):
+    """The graph node that produced symbolic `tensor` (private in Keras)."""
+    operation, node_index, _ = tensor._keras_history
+    return operation._inbound_nodes[node_index]
+
+
+def scale_loss_for_replicas(loss):
+    """Divides a per-replica batch-mean loss by the number of replicas.
+
+    Keras' TensorFlow trainer sums the gradients of all replicas of a
+    `tf.distribute` strategy, so each replica's loss must be divided by their
+    number to give the gradient of the global-batch mean; its logs multiply
+    it back. Keras does this inside its compiled losses
+    (`keras.src.losses.loss.scale_loss_for_distribution`, not public API);
+    keras-pcl overrides `compute_loss`, so it is done here, the same way.
+    Other backends (JAX `keras.distribution`) compute the global-batch mean
+    directly.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas == 1:
+        return loss
+    return loss * (1.0 / replicas)
+
+
+# ----------------------------------------------------------------------
+# PyTorch
+# ----------------------------------------------------------------------
+
+
+def freeze_torch_variable(variable):
+    """Stops autograd from recording a (non-trainable) Keras torch variable.
+
+    Keras' torch `Variable` fixes `requires_grad` when it is created, and its
+    `trainable` setter leaves it alone; without this, autograd would record
+    every mean-teacher forward pass.
+    """
+    if keras.backend.backend() == "torch":
+        variable.value.requires_grad_(False)
+
+
+def clear_torch_gradients(variables):
+    """Sets the torch `.grad` of every variable to None.
+
+    Keras' torch trainer calls `model.zero_grad()` before each backward
+    pass. The inherited `torch.nn.Module.zero_grad` only reaches variables
+    that Keras registered with torch, keyed by `variable.path`; a backbone
+    with nested models that repeat layer names has repeated paths, and the
+    gradients of the unregistered variables would then accumulate over
+    steps. Clearing them directly is exact whatever the names.
+    """
+    for variable in variables:
+        variable.value.grad = None
+
+
+# ----------------------------------------------------------------------
+# TensorFlow
+# ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tensorflow_reads_before_writes():
+    """Runs TensorFlow graph functions with Grappler's dependency pass off.
+
+    The mean-teacher update reads each student weight at the start of the
+    training step (spec section 4); the optimizer writes it at the end.
+    `tf.function` orders the two with a control edge, but Grappler's
+    dependency optimizer removes such edges from variable reads, and the
+    optimizer's write then sometimes runs first: the mean teacher averages
+    the *updated* weight (about 1 run in 12 of an 8-step test; 0 in 60 with
+    this pass off). XLA (`jit_compile=True`), JAX and PyTorch keep the order.
+
+    No data dependency can express "read before write" without changing the
+    numbers, and Grappler's options are process-wide, so this is as narrow
+    as TensorFlow allows: the pass is off only while a training function
+    runs (TensorFlow reads the options at every call and keeps one
+    optimised graph per setting), and the caller's setting is restored after.
+    """
+    import tensorflow as tf
+
+    previous = tf.config.optimizer.get_experimental_options()
+    if previous.get("dependency_optimization") is False:
+        yield
+        return
+    tf.config.optimizer.set_experimental_options({"dependency_optimization": False})
+    try:
+        yield
+    finally:
+        # Absent means on (TensorFlow's default); options can only be merged.
+        tf.config.optimizer.set_experimental_options(
+            {"dependency_optimization": previous.get("dependency_optimization", True)}
+        )
