@@ -1,7 +1,8 @@
 """Accuracy of PCL against the online-distillation baselines on real CIFAR-10.
 
 Every method trains the same backbone on the same images with the same
-schedule, optimizer, augmentation and code (`keras_pcl/methods.py`), and is
+schedule, optimizer, augmentation and code (`keras_pcl.training.build_model`
+and `compile_model`, the recipe of `keras-pcl train --method=...`), and is
 scored on a fixed, class-balanced validation split of the CIFAR-10 image
 folder that no method trains on (`keras_pcl.data.list_image_folder`, seed 0:
 500 images per class). Selection rule, the same for every method: at the end
@@ -11,8 +12,8 @@ CL-ILR: a peer; vanilla: the network) is the deployed one; its final-epoch
 accuracy is reported. Nothing is tuned on anything but this split.
 
 Default protocol (sized for a 2-core CPU, see `benchmarks/README.md` for its
-runtime): CIFAR ResNet-8, a class-balanced subset of 8,000 training images, 3 epochs,
-batch 128, SGD (Nesterov, momentum 0.9, lr 0.1 divided by 10 at 50% and 75%
+runtime): CIFAR ResNet-8, a class-balanced subset of 8,000 training images,
+3 epochs, batch 128, SGD (Nesterov, momentum 0.9, lr 0.1 divided by 10 at 50% and 75%
 of training), L2 5e-4 on the convolution kernels, 3 peers, T = 3, the ramp-up
 over the first 80/300 of training as in the paper, mean-teacher decay 0.99
 (0.999 averages over ~1,000 steps: longer than a short run). The paper's
@@ -46,6 +47,7 @@ from absl import app
 from absl import flags
 
 from keras_pcl.methods import METHODS
+from keras_pcl.training import JIT_COMPILE
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_DATA = os.path.join(
@@ -84,7 +86,7 @@ flags.DEFINE_float("ema_decay", 0.99, "PCL mean-teacher decay.")
 flags.DEFINE_float(
     "rampup_fraction", 80 / 300, "Ramp-up length as a fraction of training."
 )
-flags.DEFINE_string("jit_compile", "auto", "`jit_compile`: auto, true or false.")
+flags.DEFINE_enum("jit_compile", "auto", list(JIT_COMPILE), "XLA (`jit_compile`).")
 flags.DEFINE_string("output_dir", os.path.join(_ROOT, "benchmarks", "results"), "")
 flags.DEFINE_string("tag", "accuracy", "Prefix of the files written.")
 flags.DEFINE_string("export_dir", None, "Save each deployed network here (.keras).")
@@ -207,57 +209,53 @@ class _TrainTimer:
         return Timer()
 
 
-def build_backbone(keras_pcl):
-    import re
+def run_config(method, seed):
+    """The benchmark's protocol as a `keras_pcl.training.TrainConfig`.
 
-    import keras
+    The model and its optimiser are then built by the training package's
+    own `build_model` and `compile_model`, so that the benchmark trains what
+    `keras-pcl train --method=...` trains.
+    """
+    from keras_pcl import training
 
-    regularizer = keras.regularizers.L2(FLAGS.weight_decay / 2)
-    match = re.fullmatch(r"resnet(\d+)", FLAGS.backbone)
-    if match and FLAGS.backbone not in keras_pcl.backbones.names():
-        return keras_pcl.backbones.CIFARResNet(
-            depth=int(match.group(1)), kernel_regularizer=regularizer
-        )
-    return keras_pcl.backbones.get(FLAGS.backbone, kernel_regularizer=regularizer)
+    config = training.TrainConfig(
+        dataset="cifar10",  # In-model augmentation: pad 4, crop, flip.
+        method=method,
+        backbone=FLAGS.backbone,
+        num_peers=FLAGS.num_peers,
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        lr=FLAGS.learning_rate,
+        lr_decay_epochs=(0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs),
+        weight_decay=FLAGS.weight_decay,
+        temperature=None,  # Each method's own (KDCL: 4).
+        ema_decay=FLAGS.ema_decay,
+        rampup_epochs=FLAGS.rampup_fraction * FLAGS.epochs,
+        seed=seed,
+        jit_compile=FLAGS.jit_compile,
+    )
+    config.validate()
+    return config
 
 
 def deployable(model):
     """`[(peer index, validation log key)]` of the networks a method deploys."""
-    if model.has_mean_teachers:
-        return [(j, f"val_mean_teacher_{j}_accuracy") for j in range(model.num_peers)]
-    if type(model).__name__ == "OKDDipModel":  # The group leader deploys.
-        j = model.num_peers - 1
-        return [(j, f"val_peer_{j}_accuracy")]
-    return [(j, f"val_peer_{j}_accuracy") for j in range(model.num_peers)]
+    metric = "mean_teacher" if model.has_mean_teachers else "peer"
+    return [(j, f"val_{metric}_{j}_accuracy") for j in model.deployable_peers]
 
 
 def run_one(method, seed, data):
     import keras
 
-    import keras_pcl
-    from keras_pcl.methods import build_method
+    from keras_pcl import training
 
     x_train, y_train, x_val, y_val = data
     keras.utils.set_random_seed(seed)
+    config = run_config(method, seed)
     steps_per_epoch = len(x_train) // FLAGS.batch_size
-    total_steps = steps_per_epoch * FLAGS.epochs
-    model = build_method(
-        method,
-        build_backbone(keras_pcl),
-        num_classes=10,
-        num_peers=FLAGS.num_peers,
-        rampup_steps=int(round(FLAGS.rampup_fraction * total_steps)),
-        ema_decay=FLAGS.ema_decay,
-    )
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [int(total_steps * 0.5), int(total_steps * 0.75)],
-        [FLAGS.learning_rate, FLAGS.learning_rate / 10, FLAGS.learning_rate / 100],
-    )
-    jit = {"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile]
-    model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
-        jit_compile=jit,
-    )
+    # Preprocessing: each method's default rescaling to [0, 1].
+    model = training.build_model(config, tuple(x_train.shape[1:]), 10, steps_per_epoch)
+    training.compile_model(model, config, steps_per_epoch)
     timer = _TrainTimer()
     start = time.perf_counter()
     history = model.fit(
@@ -487,8 +485,9 @@ def main(argv):
                 return
             print(f"== {method}, seed {seed}", flush=True)
             result = run_one(method, seed, data)
+            accuracy = 100 * result["deployed_accuracy"]
             print(
-                f"== {method}, seed {seed}: deployed {100 * result['deployed_accuracy']:.2f}%"
+                f"== {method}, seed {seed}: deployed {accuracy:.2f}%"
                 f", {result['train_images_per_sec']:.1f} img/s",
                 flush=True,
             )

@@ -1,8 +1,8 @@
 """PCL in a few minutes, offline: train, compare, export, reload.
 
-    python examples/quickstart.py                       # digits, ~3 minutes on 2 CPU cores
+    python examples/quickstart.py             # digits, ~3 minutes on 2 CPU cores
     python examples/quickstart.py --dataset=../shared/data/cifar10/train \
-        --epochs=3 --image_size=32                      # an image folder (CIFAR-10)
+        --epochs=3 --image_size=32            # an image folder (CIFAR-10)
 
 What it does, on scikit-learn's 1,797 handwritten digits (they ship with
 scikit-learn, so no download; upsampled to 16x16, a random shift as
@@ -90,16 +90,13 @@ def train_alone(config, seconds, validation, steps_per_epoch):
     splits = training.load_data(config)
     stream = training.training_stream(splits.train, config, steps_per_epoch).repeat()
     image_shape = tuple(splits.train.element_spec[0].shape)
-    backbone = training.build_backbone_fn(config.backbone)(
-        input_shape=image_shape,
-        kernel_regularizer=keras.regularizers.L2(config.weight_decay / 2),
-    )
-    mean, std = keras_pcl.data.compute_mean_std(splits, max_examples=10000)
+    backbone = training.build_backbone(config, image_shape)  # PCL's backbone
+    statistics = training.preprocessing_statistics(config, splits)
     inputs = keras.Input(image_shape, name="images")
-    x = keras_pcl.data.normalization_layer((mean, std))(inputs)
+    x = keras_pcl.data.normalization_layer(statistics)(inputs)
     logits = keras.layers.Dense(len(splits.class_names), name="classifier")(backbone(x))
     network = keras.Model(inputs, logits, name="backbone_alone")
-    augment = training._in_model_augmentation(config, image_shape)
+    augment = training.in_model_augmentation(config, image_shape)
     model = (
         keras.Sequential([keras.Input(image_shape), augment, network])
         if augment
@@ -132,6 +129,7 @@ def train_alone(config, seconds, validation, steps_per_epoch):
         epochs=1000,
         callbacks=[StopAfter()],
         verbose=0,
+        shuffle=False,  # The stream shuffles every epoch itself.
     )
     return _accuracy(network, validation), len(history.history["loss"])
 
@@ -186,16 +184,16 @@ def main(argv):
     same = "same time" if FLAGS.baseline_seconds is None else f"{seconds:.0f} s"
     rows.append((f"{config.backbone} alone, {same} ({alone_epochs} epochs)", alone))
     print(
-        f"\nValidation accuracy on {config.dataset} ({config.epochs} PCL epochs, {pcl_seconds:.0f} s):"
+        f"\nValidation accuracy on {config.dataset} ({config.epochs} PCL epochs, "
+        f"{pcl_seconds:.0f} s):"
     )
     for name, value in rows:
         print(f"  {name:<44} {100 * value:5.1f}%")
 
     backend = keras.backend.backend()
     format = "keras" if backend == "torch" else "tf_saved_model"
-    path = os.path.join(
-        FLAGS.workdir, "deployed" + (".keras" if format == "keras" else "")
-    )
+    suffix = keras_pcl.export.FORMAT_EXTENSIONS.get(format, "")  # A SavedModel: ""
+    path = os.path.join(FLAGS.workdir, "deployed" + suffix)
     model.export_peer(path, peer=deployed, format=format, overwrite=True)
     images = next(iter(validation))[0].numpy()[:32].astype("float32")
     expected = keras.ops.convert_to_numpy(network(images, training=False))

@@ -4,6 +4,7 @@
     python examples/train_cifar.py --dataset=path/to/image_folder --workdir=runs/f
     python examples/train_cifar.py --strategy=tpu --steps_per_execution=64 \
         --mixed_precision=bfloat16 --download                        # Colab TPU
+    python examples/train_cifar.py --method=dml --workdir=runs/dml   # a baseline
 
 Defaults reproduce spec section 7: ResNet-32, m=3, SGD with Nesterov
 momentum 0.9, weight decay 5e-4, batch 128, learning rate 0.1 divided by 10
@@ -13,6 +14,9 @@ for choosing the best peer. Rerunning the same command after a crash
 resumes from the last backup in --workdir (every --save_freq steps).
 tfds downloads CIFAR only with --download; an image folder (one sub-folder
 per class, like ../shared/data/cifar10/train) needs no network.
+`--method` trains any method of `keras_pcl.methods.METHODS` (a baseline or
+a PCL ablation) with the same recipe; the final model is then
+`<method>.keras` instead of `pcl.keras`.
 """
 
 from absl import app
@@ -28,8 +32,10 @@ def main(argv):
     result = training.train(training.config_from_flags())
     best = result["best_peer"]
     print(f"Best peer: {best}" if best else "No validation accuracy recorded.")
-    print(f"Final PCL model: {result['paths']['model']}")
-    print(f"Exported best peer: {result['paths']['export']}")
+    print(f"Final model: {result['paths']['model']}")
+    if result["exported_peer"] is not None:
+        print(f"Exported peer {result['exported_peer']}: {result['paths']['export']}")
+        print(f"  ({result['exported_peer_reason']})")
 
 
 if __name__ == "__main__":

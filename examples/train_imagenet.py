@@ -23,7 +23,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     result = training.train(training.config_from_flags())
     print(f"Best peer: {result['best_peer']}")
-    print(f"Exported best peer: {result['paths']['export']}")
+    if result["exported_peer"] is not None:
+        print(f"Exported peer {result['exported_peer']}: {result['paths']['export']}")
+        print(f"  ({result['exported_peer_reason']})")
 
 
 if __name__ == "__main__":

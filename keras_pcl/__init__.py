@@ -1,6 +1,16 @@
 """keras-pcl: Peer Collaborative Learning for Keras 3."""
 
 import importlib
+import os
+import sys
+
+if os.path.basename(sys.argv[0]) == "keras-pcl":
+    # The `keras-pcl` command: TensorFlow is imported first, without its
+    # native start-up lines (Keras imports it on every backend). A library
+    # import leaves TensorFlow's output alone.
+    from keras_pcl.cli import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
 
 from keras_pcl import augmentation
 from keras_pcl import backbones

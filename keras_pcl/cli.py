@@ -1,6 +1,7 @@
 """The `keras-pcl` command line.
 
     keras-pcl train --dataset=digits --backbone=resnet8 --epochs=15 --workdir=runs/d
+    keras-pcl train --method=dml --dataset=digits --workdir=runs/dml  # a baseline
     keras-pcl evaluate runs/d/pcl.keras --dataset=digits
     keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format tf_saved_model]
     keras-pcl benchmark --methods=pcl,vanilla --backbone=resnet32 --batch_size=32
@@ -9,20 +10,75 @@ Each subcommand wraps a library call (`train` ->
 `keras_pcl.training.train`, the job of the example scripts, with the same
 flags; `evaluate` -> `Model.evaluate` on the validation split; `export` ->
 `PeerCollaborativeModel.export_peer`; `benchmark` ->
-`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`). Exit codes: 0 success, 1 an error
-(printed as one line, `keras-pcl <command>: error: ...`), 2 bad usage.
-The Keras backend is the usual `KERAS_BACKEND` (TensorFlow if unset);
-`tf_saved_model` and `tflite` need TensorFlow (or JAX for SavedModel).
+`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`).
+Exit codes: 0 success, 1 an error (printed as one line, `keras-pcl
+<command>: error: ...`), 2 bad usage. The Keras backend is the usual
+`KERAS_BACKEND` (TensorFlow if unset); `tf_saved_model` and `tflite` need
+TensorFlow (or JAX for SavedModel).
+
+TensorFlow's native start-up lines (oneDNN, CUDA stubs, "All log messages
+before absl::InitializeLog()"), which Keras triggers on every backend by
+importing TensorFlow, are hidden (`quiet_tensorflow_import`), and
+`TF_CPP_MIN_LOG_LEVEL` defaults to 3 (TensorFlow's native INFO, WARNING
+and ERROR lines off, such as "failed call to cuInit" on a machine without
+a GPU; Python warnings and keras-pcl's errors still show). A user who sets
+`TF_CPP_MIN_LOG_LEVEL` (e.g. to 0) sees what TensorFlow prints at that
+level.
 """
 
 import argparse
 import dataclasses
 import os
+import re
 import sys
+import tempfile
+
+from keras_pcl import validation
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+# Native log lines (absl/glog format: `I0000 00:00:...` INFO, `W...`
+# WARNING) and the banners TensorFlow prints while it is imported.
+_STARTUP_NOISE = re.compile(
+    r"^([IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+def quiet_tensorflow_import():
+    """Imports TensorFlow (if installed) without its native start-up lines.
+
+    The first import of TensorFlow writes INFO and WARNING lines straight to
+    file descriptor 2 (TensorFlow 2.21 ignores `TF_CPP_MIN_LOG_LEVEL` for
+    them). This imports it with descriptor 2 sent to a file and writes back
+    every other line (errors, Python warnings). `TF_CPP_MIN_LOG_LEVEL`
+    defaults to 3 for the later native lines; a user's value wins, and 0
+    keeps the start-up lines too. Does nothing if TensorFlow is imported
+    already: `keras_pcl/__init__.py` calls it first in the `keras-pcl`
+    command, before Keras imports TensorFlow.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except ImportError:  # JAX or PyTorch without TensorFlow.
+            pass
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(True)
+            sys.stderr.write("".join(l for l in lines if not _STARTUP_NOISE.match(l)))
 
 
 def build_parser():
@@ -36,11 +92,12 @@ def build_parser():
 
     train = commands.add_parser(
         "train",
-        help="train PCL (the example scripts' job) and export the best peer",
+        help="train PCL or a baseline (--method) and export the best peer",
         description=(
-            "Train PCL with `keras_pcl.training.train`: the flags are the "
-            "fields of `TrainConfig` (defaults: the paper's CIFAR recipe). "
-            "Rerun the same command to resume from the backup in --workdir."
+            "Train PCL (or --method) with `keras_pcl.training.train`: the "
+            "flags are the fields of `TrainConfig` (defaults: the paper's "
+            "CIFAR recipe). Rerun the same command to resume from the backup "
+            "in --workdir."
         ),
     )
     _add_config_arguments(train)
@@ -97,10 +154,12 @@ def build_parser():
             "(the model's deploy_peer) or a peer index. Default: best"
         ),
     )
+    from keras_pcl.export import FORMATS
+
     export.add_argument(
         "--format",
         default="tf_saved_model",
-        choices=["keras", "tf_saved_model", "onnx", "tflite"],
+        choices=FORMATS,
         help="artifact format. Default: tf_saved_model",
     )
     export.add_argument(
@@ -124,13 +183,14 @@ def build_parser():
             "time relative to vanilla's. Run on an otherwise idle machine."
         ),
     )
+    from keras_pcl.methods import METHODS
+
     benchmark.add_argument(
         "--methods",
         default="pcl,vanilla",
         help=(
-            "comma-separated methods: pcl, pcl_no_ensemble, "
-            "pcl_no_mean_teachers, pcl_shared_augmentation, vanilla, dml, "
-            "kdcl, one, cl_ilr, okddip, or 'all'. Default: pcl,vanilla"
+            f"comma-separated methods: {', '.join(METHODS)}, or 'all'. "
+            "Default: pcl,vanilla"
         ),
     )
     _add_field_argument(benchmark, "backbone")
@@ -180,17 +240,14 @@ def run_benchmark(args):
         "num_peers": 2,
         "image_size": 0,
     }
-    for name, minimum in minimums.items():
-        if getattr(args, name) < minimum:
-            raise CommandError(
-                f"--{name} must be at least {minimum}, got {getattr(args, name)}"
-            )
     try:
+        for name, minimum in minimums.items():
+            validation.check_int(f"--{name}", getattr(args, name), minimum=minimum)
         for name in names:
             methods.check_method(name)
         make_backbone = training.build_backbone_fn(args.backbone)
     except ValueError as error:
-        raise CommandError(_first_line(error))
+        raise CommandError(_first_line(error)) from None
     size = args.image_size or (224 if args.backbone == "resnet18" else 32)
     shape = (size, size, 3)
     models = {}
@@ -244,7 +301,7 @@ def run_export(args):
         except ValueError:
             raise CommandError(
                 f"--peer must be 'best', 'deploy' or an integer, got {peer!r}"
-            )
+            ) from None
     import keras
 
     import keras_pcl
@@ -254,7 +311,7 @@ def run_export(args):
     except Exception as error:  # Keras raises several types for bad files.
         raise CommandError(
             f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}"
-        )
+        ) from None
     from keras_pcl.multi_branch import MultiBranchModel
 
     if not isinstance(model, MultiBranchModel):
@@ -274,7 +331,7 @@ def run_export(args):
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError, ImportError) as error:
-        raise CommandError(_first_line(error))
+        raise CommandError(_first_line(error)) from None
     kind = (
         "peer"
         if not model.has_mean_teachers
@@ -295,43 +352,44 @@ def _add_config_arguments(parser):
 
 
 def _add_field_argument(parser, name):
-    from keras_pcl.training import FIELD_HELP
-    from keras_pcl.training import MIXED_PRECISION
-    from keras_pcl.training import STRATEGIES
-    from keras_pcl.training import TrainConfig
+    """`--name`, typed, with the help and choices of `TrainConfig.name`."""
+    from keras_pcl.training import config
 
-    field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
-    default = getattr(TrainConfig(), name)
-    help = f"{FIELD_HELP[name]} Default: {default}"
-    choices = {"strategy": STRATEGIES, "mixed_precision": MIXED_PRECISION}.get(name)
+    field = {f.name: f for f in dataclasses.fields(config.TrainConfig)}[name]
+    default = getattr(config.TrainConfig(), name)
+    help = f"{field.metadata['help']} Default: {default}"
+    choices = config.field_choices(field)
+    kind = config.field_kind(field)
     if choices:
         parser.add_argument(f"--{name}", choices=choices, default=default, help=help)
-    elif field.type in (bool, "bool"):
+    elif kind is bool:
         parser.add_argument(
             f"--{name}",
             action=argparse.BooleanOptionalAction,
             default=default,
             help=help,
         )
-    elif field.type in (tuple, "tuple"):
+    elif kind is tuple:
         parser.add_argument(
-            f"--{name}", type=_int_tuple, default=default, metavar="A,B", help=help
+            f"--{name}",
+            type=lambda text: _tuple_argument(field, text),
+            default=default,
+            metavar="A,B",
+            help=help,
         )
-    elif field.type in (int, "int"):
-        parser.add_argument(f"--{name}", type=int, default=default, help=help)
-    elif field.type in (float, "float"):
-        parser.add_argument(f"--{name}", type=float, default=default, help=help)
+    elif kind in (int, float):
+        parser.add_argument(f"--{name}", type=kind, default=default, help=help)
     else:
         parser.add_argument(f"--{name}", default=default, help=help)
 
 
-def _int_tuple(text):
+def _tuple_argument(field, text):
+    from keras_pcl.training import config
+
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        )
+        return config.parse_tuple(field, text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_train(args):
@@ -344,11 +402,16 @@ def run_train(args):
     try:
         result = training.train(training.TrainConfig(**values))
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise CommandError(_first_line(error))
+        raise CommandError(_first_line(error)) from None
     print(f"Best peer: {result['best_peer']}")
-    print(f"PCL model: {result['paths']['model']}")
-    if values["export_format"] != "none":
+    print(f"Final model ({values['method']}): {result['paths']['model']}")
+    if result["best_peer"] is not None and result["exported_peer"] is not None:
         print(f"Exported best peer: {result['paths']['export']}")
+    elif result["exported_peer"] is not None:
+        print(
+            f"Exported peer {result['exported_peer']} to "
+            f"{result['paths']['export']}: {result['exported_peer_reason']}"
+        )
 
 
 def run_evaluate(args):
@@ -373,7 +436,7 @@ def run_evaluate(args):
     try:
         splits = training.load_data(config)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise CommandError(_first_line(error))
+        raise CommandError(_first_line(error)) from None
     if splits.validation is None:
         raise CommandError(
             "the dataset has no validation split (--validation_split is 0)"
@@ -386,7 +449,7 @@ def run_evaluate(args):
     except Exception as error:  # Keras raises several types for bad files.
         raise CommandError(
             f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}"
-        )
+        ) from None
     from keras_pcl.multi_branch import MultiBranchModel
 
     if isinstance(model, keras_pcl.PeerCollaborativeModel):
@@ -436,6 +499,7 @@ class CommandError(Exception):
 
 def main(argv=None):
     """Entry point of the `keras-pcl` console script."""
+    quiet_tensorflow_import()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

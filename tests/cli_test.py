@@ -1,5 +1,9 @@
 """The `keras-pcl` command line: each subcommand and its error paths."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -95,6 +99,18 @@ def test_bad_usage_exits_with_code_2(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main([])
     assert exit.value.code == cli.EXIT_USAGE
+
+
+def test_the_version_is_declared_once():
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        pyproject = tomllib.load(f)
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    version = pyproject["tool"]["setuptools"]["dynamic"]["version"]
+    assert version == {"attr": "keras_pcl.__version__"}
 
 
 def test_console_script_is_declared():
@@ -203,7 +219,7 @@ def test_benchmark_times_each_method_against_vanilla(capsys):
     [
         (["--methods=pcl,okdip"], "Unknown method 'okdip'. Did you mean ['okddip']?"),
         (["--backbone=resnet7"], "backbone='resnet7'"),
-        (["--steps=0"], "--steps must be at least 1, got 0"),
+        (["--steps=0"], "`--steps` must be an int >= 1. Received: --steps=0"),
     ],
 )
 def test_benchmark_errors_are_one_line(args, message, capsys):
@@ -227,3 +243,58 @@ def test_export_takes_a_baseline_checkpoint(tmp_path, capsys):
         keras.ops.convert_to_numpy(model.get_peer(1)(images)),
         atol=1e-5,
     )
+
+
+def test_flag_choices_are_the_library_lists(capsys):
+    parser = cli.build_parser()
+    for format in keras_pcl.export.FORMATS:
+        args = parser.parse_args(["export", "a.keras", "out", "--format", format])
+        assert args.format == format
+    for method in keras_pcl.methods.METHODS:
+        assert parser.parse_args(["train", f"--method={method}"]).method == method
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--method=pcl2"])
+    assert "invalid choice: 'pcl2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["benchmark", "--help"])
+    help = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(keras_pcl.methods.METHODS) in help
+
+
+def test_lr_decay_epochs_are_floats_and_image_size_ints(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--lr_decay_epochs=1.5,3", "--image_size=8,8"])
+    assert args.lr_decay_epochs == (1.5, 3.0)
+    assert all(isinstance(e, float) for e in args.lr_decay_epochs)
+    assert args.image_size == (8, 8)
+    assert all(isinstance(v, int) for v in args.image_size)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--image_size=8.5,8"])
+    assert "comma-separated ints" in capsys.readouterr().err
+
+
+def test_commands_print_nothing_on_stderr(tmp_path):
+    """No TensorFlow or absl start-up lines: a user sees keras-pcl's output."""
+    script = os.path.join(os.path.dirname(sys.executable), "keras-pcl")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    # The default backend, and the loud one: on JAX and torch, their own
+    # libraries set up native logging before TensorFlow is imported.
+    env["KERAS_BACKEND"] = "tensorflow"
+
+    def run(*args):
+        return subprocess.run(
+            [script, *args], capture_output=True, text=True, env=env, timeout=300
+        )
+
+    result = run("--help")
+    assert result.returncode == 0 and "train" in result.stdout
+    assert result.stderr == ""
+
+    model = keras_pcl.baselines.DMLModel(tiny_backbone(), num_classes=3, num_peers=2)
+    path = str(tmp_path / "dml.keras")
+    model.save(path)
+    output = str(tmp_path / "peer.keras")
+    result = run("export", path, output, "--peer=1", "--format=keras")
+    assert result.returncode == 0, result.stderr
+    assert "Exported peer 1" in result.stdout
+    assert result.stderr == ""

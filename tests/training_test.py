@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
 from keras_pcl import training
+from keras_pcl.training import resume
+from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resumable_run.py")
@@ -64,7 +67,7 @@ def test_a_workdir_of_another_configuration_is_refused(tmp_path):
     # What a run leaves in its workdir (see `train`'s docstring).
     (workdir / "backup").mkdir(parents=True)
     with open(workdir / "config.json", "w") as f:
-        json.dump(training._jsonable(dataclasses.asdict(previous)), f)
+        json.dump(resume._jsonable(dataclasses.asdict(previous)), f)
     changed = training.TrainConfig(dataset=data, workdir=str(workdir), lr=0.5)
     with pytest.raises(ValueError, match=r"another configuration \(lr: 0.1 -> 0.5\)"):
         training.train(changed)
@@ -73,7 +76,7 @@ def test_a_workdir_of_another_configuration_is_refused(tmp_path):
     more_epochs = training.TrainConfig(
         dataset=str(tmp_path / "nowhere"), workdir=str(workdir), lr=0.1, epochs=400
     )
-    more_epochs_json = training._jsonable(dataclasses.asdict(more_epochs))
+    more_epochs_json = resume._jsonable(dataclasses.asdict(more_epochs))
     with open(workdir / "config.json", "w") as f:
         json.dump({**more_epochs_json, "epochs": 300}, f)
     with pytest.raises(ValueError, match="no directory"):
@@ -118,7 +121,7 @@ def test_strategies_this_machine_lacks_raise_clear_errors():
 
 def test_global_batch_must_split_evenly_over_replicas(tmp_path, monkeypatch):
     two = training.Distribution("mirrored", 2)
-    monkeypatch.setattr(training, "make_distribution", lambda name: two)
+    monkeypatch.setattr(training.job, "make_distribution", lambda name: two)
     config = training.TrainConfig(
         dataset=str(tmp_path), batch_size=5, workdir=str(tmp_path / "w")
     )
@@ -133,3 +136,105 @@ def test_float16_on_cpu_warns_and_still_sets_the_policy():
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_lr_decay_epochs_are_floats_and_image_size_ints_in_the_absl_flags():
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    training.define_flags(flag_values=flag_values)
+    flag_values(["prog", "--lr_decay_epochs=1.5,3", "--image_size=8,8"])
+    config = training.config_from_flags(flag_values)
+    assert config.lr_decay_epochs == (1.5, 3.0)
+    assert all(isinstance(e, float) for e in config.lr_decay_epochs)
+    assert config.image_size == (8, 8)
+    assert all(isinstance(v, int) for v in config.image_size)
+
+
+def test_field_help_and_docstring_come_from_the_fields():
+    fields = dataclasses.fields(training.TrainConfig)
+    assert list(training.FIELD_HELP) == [f.name for f in fields]
+    for field in fields:
+        assert f"    {field.name}: " in training.TrainConfig.__doc__, field.name
+    assert training.TrainConfig().method == "pcl"
+
+
+def _process_state():
+    state = {
+        "policy": keras.mixed_precision.global_policy().name,
+        "distribution": keras.distribution.distribution(),
+    }
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.framework import config
+
+        state["determinism"] = config.is_op_determinism_enabled()
+    return state
+
+
+def test_global_state_restored_puts_back_policy_distribution_determinism():
+    before = _process_state()
+    assert before["policy"] == "float32"
+    with training.global_state_restored():
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        keras.distribution.set_distribution("a distribution")
+        training.distribution.enable_op_determinism()
+        assert _process_state() != before
+    assert _process_state() == before
+
+
+def test_train_restores_the_process_state_when_it_raises(tmp_path):
+    before = _process_state()
+    config = training.TrainConfig(
+        dataset=str(tmp_path / "nowhere"),  # Fails after the state is set.
+        workdir=str(tmp_path / "w"),
+        mixed_precision="bfloat16",
+        deterministic=True,
+    )
+    with pytest.warns(UserWarning, match="bfloat16"):  # On a CPU.
+        with pytest.raises(ValueError, match="no directory"):
+            training.train(config)
+    assert _process_state() == before
+
+
+@torch_only_in_ci  # `train` runs on every backend in the SIGKILL resume test.
+def test_a_baseline_without_validation_exports_its_deploy_peer_and_says_so(
+    tmp_path, capsys
+):
+    config = training.TrainConfig(
+        method="dml",
+        dataset="digits",
+        image_size=(8, 8),
+        backbone="resnet8",
+        num_peers=2,
+        epochs=1,
+        batch_size=16,
+        steps_per_epoch=1,
+        validation_split=0,
+        workdir=str(tmp_path / "run"),
+        save_freq=0,
+        export_format="keras",
+        verbose=1,
+    )
+    before = _process_state()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = training.train(config)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    assert _process_state() == before
+    model = result["model"]
+    assert type(model).__name__ == "DMLModel"
+    assert result["best_peer"] is None
+    assert result["exported_peer"] == model.deploy_peer == 0
+    assert "no best peer was recorded" in result["exported_peer_reason"]
+    assert "no best peer was recorded" in capsys.readouterr().out
+    # The final model is named after the method, not `pcl.keras`.
+    assert result["paths"]["model"] == str(tmp_path / "run" / "dml.keras")
+    assert os.path.exists(result["paths"]["model"])
+    exported = keras.saving.load_model(result["paths"]["export"])
+    shape = (2, 8, 8, 1)  # Digits: one channel.
+    images = np.random.default_rng(0).uniform(0, 16, shape).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(exported(images)),
+        keras.ops.convert_to_numpy(model.get_peer(0)(images)),
+        atol=1e-5,
+    )

@@ -1,0 +1,344 @@
+"""`TrainConfig`, the recipes of the paper and the flags of the scripts.
+
+Every field is declared once, with its default, its help text and (where it
+has them) its choices, in the field's metadata. `TrainConfig`'s docstring,
+`FIELD_HELP`, the absl flags of the example scripts (`define_flags`) and the
+argparse flags of `keras-pcl train` are all read from there.
+
+This module imports neither Keras nor TensorFlow until a config is
+validated, so that `keras-pcl --help` starts quickly and quietly.
+"""
+
+import dataclasses
+import re
+import textwrap
+
+from keras_pcl import validation
+from keras_pcl.methods import METHODS
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu")
+MIXED_PRECISION = ("none", "float16", "bfloat16")
+# `TrainConfig.jit_compile` -> `Model.compile(jit_compile=...)`.
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+
+
+def export_formats():
+    """`keras_pcl.export.FORMATS` and `"none"`: the `export_format` choices.
+
+    A function: `keras_pcl.export` imports Keras, which this module only
+    does when asked.
+    """
+    from keras_pcl.export import FORMATS
+
+    return FORMATS + ("none",)
+
+
+def _field(default, help, choices=None, item_type=None):
+    """A dataclass field whose metadata holds its help text and choices.
+
+    Args:
+        default: the default value.
+        help: one or two sentences; the docstring and both flag parsers use
+            them.
+        choices: the allowed values (a tuple, or a function returning one
+            when computing it would import Keras).
+        item_type: for tuple fields, the type of one item.
+    """
+    metadata = {"help": help, "choices": choices, "item_type": item_type}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = _field(
+        "cifar10",
+        "`digits` (scikit-learn's, offline), `cifar10`, `cifar100` (tfds), "
+        "`imagenet2012` (tfds, manual download), or the path of an image "
+        "folder (one sub-folder per class).",
+    )
+    data_dir: str = _field(None, "tfds data folder (default: tfds' own).")
+    download: bool = _field(
+        False, "Let tfds download the dataset if it is missing (needs internet)."
+    )
+    method: str = _field(
+        "pcl",
+        "The method of `keras_pcl.methods.METHODS` to train: `pcl`, its "
+        "ablations or a baseline.",
+        choices=METHODS,
+    )
+    backbone: str = _field(
+        "resnet32",
+        "A name of `keras_pcl.backbones.names()`, or `resnetD` for any CIFAR "
+        "ResNet depth D = 6n + 2 (e.g. `resnet8`).",
+    )
+    num_peers: int = _field(3, "Peers m (branches or networks of a baseline).")
+    epochs: int = _field(300, "Training epochs.")
+    batch_size: int = _field(128, "Global batch size (split over replicas).")
+    lr: float = _field(0.1, "Initial learning rate.")
+    lr_decay_epochs: tuple = _field(
+        (150, 225),
+        "Epochs (fractions allowed) at which the learning rate is divided by 10.",
+        item_type=float,
+    )
+    momentum: float = _field(0.9, "SGD Nesterov momentum.")
+    weight_decay: float = _field(
+        5e-4,
+        "L2 weight decay of the convolution and dense kernels, as "
+        "`kernel_regularizer=L2(weight_decay / 2)` (PyTorch's SGD "
+        "`weight_decay` semantics).",
+    )
+    temperature: float = _field(
+        3.0,
+        "Distillation temperature T (None: the method's own default, e.g. 4 for KDCL).",
+    )
+    ema_decay: float = _field(0.999, "Mean-teacher EMA decay alpha.")
+    consistency_weight: float = _field(
+        1.0, "Weight lambda that the distillation terms ramp up to."
+    )
+    rampup_epochs: float = _field(80.0, "Consistency ramp-up length in epochs.")
+    validation_split: float = _field(
+        0.1,
+        "Fraction of each class held out from the training set for validation "
+        "(model selection never touches a test split). 0: none, except for "
+        "ImageNet, where 0 means the official validation split.",
+    )
+    host_augmentation: bool = _field(
+        False,
+        "Augment on the host (tf.data, one view per peer) instead of inside "
+        "the training step.",
+    )
+    image_size: tuple = _field(
+        None,
+        "Image folders: resize every image to HEIGHT,WIDTH (None: all images "
+        "must already share one size); digits: the upsampled size (default "
+        "32).",
+        item_type=int,
+    )
+    seed: int = _field(
+        0, "Seeds the split, the shuffle, the initialisation and the augmentation."
+    )
+    deterministic: bool = _field(
+        False, "Enable op determinism (exactly reproducible and resumable; slower)."
+    )
+    strategy: str = _field(
+        "auto",
+        "Distribution: `auto`, `cpu`, `gpu`, `mirrored` (all local GPUs) or `tpu`.",
+        choices=STRATEGIES,
+    )
+    mixed_precision: str = _field(
+        "none",
+        "`none`, `float16` (GPUs) or `bfloat16` (TPUs, recent GPUs).",
+        choices=MIXED_PRECISION,
+    )
+    jit_compile: str = _field(
+        "auto", "XLA: `auto`, `true` or `false`.", choices=tuple(JIT_COMPILE)
+    )
+    steps_per_execution: int = _field(
+        1, "Training steps per compiled call (TPU: 32 or more)."
+    )
+    workdir: str = _field(
+        "pcl_workdir",
+        "Where backups, TensorBoard logs, the best peer, the final model and "
+        "the export go.",
+    )
+    save_freq: int = _field(
+        500, "Back up every this many steps (0: at the end of every epoch)."
+    )
+    export_format: str = _field(
+        "tf_saved_model",
+        "Format of the exported best peer (`keras_pcl.export.FORMATS`), or `none`.",
+        choices=export_formats,
+    )
+    steps_per_epoch: int = _field(
+        None,
+        "Cap on the steps per epoch (smoke tests: each epoch then sees the "
+        "first batches of its shuffle).",
+    )
+    verbose: int = _field(1, "Keras `fit` verbosity (0, 1 or 2).")
+
+    def validate(self):
+        """Raises a `ValueError` naming the first bad field."""
+        for field in dataclasses.fields(self):
+            choices = field_choices(field)
+            if choices:
+                validation.check_choice(field.name, getattr(self, field.name), choices)
+        validation.check_int("num_peers", self.num_peers, minimum=2)
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            validation.check_int(name, getattr(self, name), minimum=1)
+        validation.check_int("save_freq", self.save_freq, minimum=0)
+        if self.steps_per_epoch is not None:
+            validation.check_int("steps_per_epoch", self.steps_per_epoch, minimum=1)
+        validation.check_number(
+            "validation_split",
+            self.validation_split,
+            "a fraction in [0, 1)",
+            lambda v: 0 <= v < 1,
+        )
+        validation.check_number("lr", self.lr, "a positive number", lambda v: v > 0)
+        for name in ("weight_decay", "rampup_epochs"):
+            validation.check_number(
+                name, getattr(self, name), "a number >= 0", lambda v: v >= 0
+            )
+        if self.temperature is not None:
+            validation.check_number(
+                "temperature",
+                self.temperature,
+                "a positive number or None",
+                lambda v: v > 0,
+            )
+        validation.check(
+            all(e >= 0 for e in self.lr_decay_epochs),
+            "lr_decay_epochs",
+            self.lr_decay_epochs,
+            "a tuple of epochs >= 0",
+        )
+        if self.host_augmentation:
+            from keras_pcl.methods import method_options
+
+            validation.check(
+                "num_peers" in method_options(self.method),
+                "host_augmentation",
+                self.host_augmentation,
+                f"False for method={self.method!r} (one network: the host "
+                "draws one view per peer)",
+            )
+        build_backbone_fn(self.backbone)  # Raises for an unknown name.
+
+
+def _docstring():
+    lines = [
+        "Everything `train` needs; the example scripts' flags map onto it.",
+        "",
+        "Each field's help text lives in its metadata (`FIELD_HELP`), which",
+        "the flags of the scripts and of `keras-pcl train` show too.",
+        "",
+        "Args:",
+    ]
+    for field in dataclasses.fields(TrainConfig):
+        lines += textwrap.wrap(
+            field.metadata["help"],
+            width=76,
+            initial_indent=f"    {field.name}: ",
+            subsequent_indent="        ",
+        )
+    return "\n".join(lines)
+
+
+TrainConfig.__doc__ = _docstring()
+
+FIELD_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+
+
+def field_choices(field):
+    """The allowed values of a `TrainConfig` field (a tuple), or None."""
+    choices = field.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def parse_tuple(field, items):
+    """A tuple field's value from its comma-separated items (strings).
+
+    Raises:
+        ValueError: an item that is not of the field's item type.
+    """
+    item_type = field.metadata["item_type"]
+    try:
+        return tuple(item_type(v) for v in items if str(v).strip())
+    except ValueError:
+        raise ValueError(
+            f"`{field.name}` must be comma-separated {item_type.__name__}s. "
+            f"Received: {field.name}={','.join(map(str, items))!r}"
+        ) from None
+
+
+def field_kind(field):
+    """The Python type (`bool`, `int`, `float`, `str` or `tuple`) of a field."""
+    kinds = {t: t for t in (bool, int, float, str, tuple)}
+    kinds.update({t.__name__: t for t in (bool, int, float, str, tuple)})
+    return kinds.get(field.type, str)
+
+
+def define_flags(flag_values=None, defaults=None):
+    """Defines one absl flag per `TrainConfig` field (the example scripts').
+
+    Args:
+        flag_values: the absl `FlagValues` (default: `absl.flags.FLAGS`).
+        defaults: a `TrainConfig` whose values become the flags' defaults.
+    """
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    defaults = defaults or TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(defaults, field.name)
+        help = field.metadata["help"]
+        choices = field_choices(field)
+        kind = field_kind(field)
+        if choices:
+            flags.DEFINE_enum(
+                field.name, value, list(choices), help, flag_values=flag_values
+            )
+        elif kind is tuple:
+            default = None if value is None else [str(v) for v in value]
+            flags.DEFINE_list(field.name, default, help, flag_values=flag_values)
+        elif kind is bool:
+            flags.DEFINE_bool(field.name, value, help, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(field.name, value, help, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(field.name, value, help, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(field.name, value, help, flag_values=flag_values)
+
+
+def config_from_flags(flag_values=None):
+    """The `TrainConfig` that the parsed flags of `define_flags` describe."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = flag_values[field.name].value
+        if field_kind(field) is tuple and value is not None:
+            value = parse_tuple(field, value)
+        values[field.name] = value
+    return TrainConfig(**values)
+
+
+def cifar_config(**overrides):
+    """The paper's CIFAR recipe (spec section 7), with `overrides` applied."""
+    return TrainConfig(**overrides)
+
+
+def imagenet_config(**overrides):
+    """The paper's ImageNet recipe: ResNet-18, 90 epochs, batch 256, wd 1e-4."""
+    config = dict(
+        dataset="imagenet2012",
+        backbone="resnet18",
+        epochs=90,
+        batch_size=256,
+        lr_decay_epochs=(30, 60),
+        weight_decay=1e-4,
+        rampup_epochs=20.0,
+        validation_split=0.0,
+        save_freq=2000,
+    )
+    config.update(overrides)
+    return TrainConfig(**config)
+
+
+def build_backbone_fn(name):
+    """A function `(**kwargs) -> backbone` for a built-in name or `resnetD`."""
+    from keras_pcl import backbones
+
+    if name in backbones.names():
+        return lambda **kwargs: backbones.get(name, **kwargs)
+    match = re.fullmatch(r"resnet(\d+)", str(name))
+    if match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8:
+        depth = int(match.group(1))
+        return lambda **kwargs: backbones.CIFARResNet(depth=depth, **kwargs)
+    validation.raise_invalid(
+        "backbone",
+        name,
+        f"one of {backbones.names()} or 'resnetD' with D = 6n + 2 (e.g. 'resnet8')",
+    )

@@ -1,0 +1,146 @@
+"""The data of a training run: loading, the resumable stream, preprocessing.
+
+`load_data` reads `config.dataset`; `training_stream` turns the training
+split into every batch of every epoch as a function of position only (so a
+resumed run skips to the exact batch); `preprocessing_statistics` and
+`in_model_augmentation` are the per-dataset settings of the model.
+"""
+
+import os
+
+
+def load_data(config):
+    """`config.dataset` through its `keras_pcl.data` loader.
+
+    CIFAR and image folders come unbatched and in a fixed order (decoded
+    once, in memory): `training_stream` shuffles and batches them per
+    epoch. ImageNet comes as the loader's own batched pipeline.
+    """
+    from keras_pcl import data
+
+    common = dict(
+        validation_split=config.validation_split or None,
+        seed=config.seed,
+        deterministic=True if config.deterministic else None,
+    )
+    if config.dataset == "imagenet2012":
+        return data.imagenet2012(
+            data_dir=config.data_dir,
+            download=config.download,
+            batch_size=config.batch_size,
+            drop_remainder=True,
+            num_views=config.num_peers if config.host_augmentation else None,
+            **common,
+        )
+    unbatched = dict(batch_size=None, shuffle=False, **common)
+    if config.dataset == "digits":
+        size = config.image_size[0] if config.image_size else 32
+        return data.digits(image_size=size, **unbatched)
+    if config.dataset in ("cifar10", "cifar100"):
+        loader = getattr(data, config.dataset)
+        return loader(data_dir=config.data_dir, download=config.download, **unbatched)
+    if os.path.isdir(config.dataset):
+        return data.image_folder(
+            config.dataset, image_size=config.image_size, **unbatched
+        )
+    raise ValueError(
+        "`dataset` must be 'digits', 'cifar10', 'cifar100', 'imagenet2012' or "
+        "the path of an image folder (one sub-folder per class); no directory "
+        f"{config.dataset!r} exists. Received: dataset={config.dataset!r}"
+    )
+
+
+def training_stream(examples, config, steps_per_epoch):
+    """All training batches of all epochs, as a function of position only.
+
+    Epoch `e` shuffles `examples` with a seed made of `config.seed` and `e`
+    (and, with host augmentation, draws each view with a seed made of the
+    epoch and the example's position), so `stream.skip(n)` in a new process
+    yields exactly the batches an uninterrupted run trains on after step
+    `n`. (A `shuffle(reshuffle_each_iteration=True)` pipeline depends on how
+    often the dataset was iterated before, which a restart changes.)
+    """
+    import tensorflow as tf
+
+    from keras_pcl import data
+
+    num_examples = int(examples.cardinality())
+    # The decoded examples are in memory already; as two tensors they can be
+    # gathered in any order without iterating the dataset.
+    images, labels = examples.batch(num_examples).get_single_element()
+    view_fn = None
+    if config.host_augmentation and config.dataset == "digits":  # No flips.
+        from keras_pcl.data.digits import random_shift
+
+        padding = max(1, int(examples.element_spec[0].shape[0]) // 8)
+        view_fn = lambda image, seed: random_shift(image, seed, padding)  # noqa: E731
+    elif config.host_augmentation:
+        view_fn = data.view_function("default")
+    batch_size = config.batch_size
+
+    def epoch_batches(epoch):
+        seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(num_examples, dtype=tf.int64), seed=seed
+        )
+        indices = tf.data.Dataset.from_tensor_slices(order)
+        if view_fn is None:
+            return (
+                indices.batch(batch_size, drop_remainder=True)
+                .take(steps_per_epoch)
+                .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+            )
+
+        def views(position, i):
+            image = tf.gather(images, i)
+            return (
+                tuple(
+                    view_fn(
+                        image, tf.stack([epoch, position * config.num_peers + j]) + seed
+                    )
+                    for j in range(config.num_peers)
+                ),
+                tf.gather(labels, i),
+            )
+
+        return (
+            indices.take(steps_per_epoch * batch_size)
+            .enumerate()
+            .map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+        )
+
+    return tf.data.Dataset.range(config.epochs).flat_map(epoch_batches)
+
+
+def in_model_augmentation(config, image_shape):
+    """The model's `augmentation` argument for `config.dataset`.
+
+    None with host augmentation (the views come augmented); a random shift
+    without flips for digits (a mirrored digit is another digit); else
+    `"default"` (pad, crop and flip, or ImageNet's random resized crop).
+    """
+    if config.host_augmentation:
+        return None
+    if config.dataset == "digits":  # Digits must not be mirrored.
+        from keras_pcl import data  # TensorFlow: not needed for the others.
+
+        return data.digits_augmentation(image_shape[0])
+    return "default"
+
+
+def preprocessing_statistics(config, splits):
+    """The per-channel `(mean, std)` that the model normalises images with.
+
+    The published statistics for CIFAR and ImageNet; measured on (at most
+    10,000 images of) the training split for digits and image folders.
+    """
+    from keras_pcl import data
+
+    if config.dataset == "cifar10":
+        return data.CIFAR10_MEAN, data.CIFAR10_STD
+    if config.dataset == "cifar100":
+        return data.CIFAR100_MEAN, data.CIFAR100_STD
+    if config.dataset == "imagenet2012":
+        return data.IMAGENET_MEAN, data.IMAGENET_STD
+    return data.compute_mean_std(splits, max_examples=10000)

@@ -1,0 +1,226 @@
+"""Where training runs: distribution strategy, mixed precision, devices.
+
+`make_distribution` and `set_mixed_precision` change process-wide state (the
+Keras distribution, the global dtype policy); `train` also enables op
+determinism. `global_state_restored()` puts all three back as they were, so
+that a `train` call leaves the process as it found it.
+"""
+
+import contextlib
+import dataclasses
+import warnings
+
+import keras
+
+from keras_pcl import validation
+from keras_pcl.training.config import MIXED_PRECISION
+from keras_pcl.training.config import STRATEGIES
+
+
+@dataclasses.dataclass
+class Distribution:
+    """Where training runs: a `scope()` to build the model in, and replicas."""
+
+    name: str
+    num_replicas: int
+    strategy: object = None  # A `tf.distribute.Strategy` on TensorFlow.
+
+    def scope(self):
+        if self.strategy is not None:
+            return self.strategy.scope()
+        return contextlib.nullcontext()
+
+
+def make_distribution(name="auto"):
+    """Sets up data-parallel training for the current backend.
+
+    * TensorFlow: a `tf.distribute` strategy. `"auto"`: `MirroredStrategy`
+      over all GPUs if there are several, else the default strategy;
+      `"cpu"`/`"gpu"`: `OneDeviceStrategy`; `"mirrored"`:
+      `MirroredStrategy`; `"tpu"`: `TPUStrategy` through
+      `TPUClusterResolver` (Colab, Cloud TPU VMs).
+    * JAX: `keras.distribution.DataParallel` over all devices when there are
+      several (`"auto"`, `"mirrored"`, `"gpu"`, `"tpu"`); `"cpu"` uses one.
+    * PyTorch: one device (`"auto"`, `"cpu"`, `"gpu"`); Keras' torch
+      backend has no data-parallel `fit`.
+
+    Args:
+        name: one of `STRATEGIES`.
+
+    Returns:
+        A `Distribution`.
+
+    Raises:
+        ValueError: an unknown name, a strategy the backend does not have,
+            or hardware that is not there (no TPU or GPU found).
+    """
+    validation.check_choice("strategy", name, STRATEGIES)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_distribution(name)
+    if backend == "jax":
+        return _jax_distribution(name)
+    if name in ("mirrored", "tpu"):
+        raise ValueError(
+            f"`strategy={name!r}` is not available on the torch backend: "
+            "Keras' torch `fit` trains on one device. Use "
+            "KERAS_BACKEND=tensorflow or jax for multi-device training, or "
+            f"strategy='auto'. Received: strategy={name!r}"
+        )
+    if name == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "`strategy='gpu'`, but torch finds no CUDA device. Use "
+                "strategy='cpu' or 'auto'. Received: strategy='gpu'"
+            )
+    return Distribution(name, 1)
+
+
+def _tensorflow_distribution(name):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, tf.errors.NotFoundError, RuntimeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"`strategy='tpu'`, but no TPU was found ({reason}). "
+                "On Colab pick a TPU runtime; elsewhere set TPU_NAME. "
+                "Received: strategy='tpu'"
+            ) from None
+        strategy = tf.distribute.TPUStrategy(resolver)
+    elif name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+    elif name == "gpu":
+        if not gpus:
+            raise ValueError(
+                "`strategy='gpu'`, but TensorFlow finds no GPU. Use "
+                "strategy='cpu' or 'auto'. Received: strategy='gpu'"
+            )
+        strategy = tf.distribute.OneDeviceStrategy("/gpu:0")
+    elif name == "cpu":
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    else:
+        strategy = tf.distribute.get_strategy()
+    return Distribution(name, strategy.num_replicas_in_sync, strategy)
+
+
+def _jax_distribution(name):
+    import jax
+
+    devices = jax.devices()
+    platform = devices[0].platform
+    wanted = {"gpu": "gpu", "tpu": "tpu"}.get(name)
+    if wanted and platform != wanted:
+        build = "cuda12" if wanted == "gpu" else "tpu"
+        raise ValueError(
+            f"`strategy={name!r}`, but JAX runs on {platform} "
+            f"({len(devices)} device(s)). Install the jax[{build}] "
+            f"build or pick strategy='auto'. Received: strategy={name!r}"
+        )
+    if name == "cpu" or len(devices) == 1:
+        return Distribution(name, 1)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices)
+    )
+    return Distribution(name, len(devices))
+
+
+def set_mixed_precision(mode, distribution):
+    """Sets Keras' global dtype policy for `mode` ("none", "float16", "bfloat16").
+
+    Warns when the hardware gains nothing from it: float16 on CPU or TPU
+    (TPUs compute in bfloat16; CPUs emulate float16 slowly), bfloat16 on a
+    CPU. Training stays correct: logits, losses and mean teachers are
+    float32, and float16 gets Keras' loss scaling.
+    """
+    validation.check_choice("mixed_precision", mode, MIXED_PRECISION)
+    if mode == "none":
+        keras.mixed_precision.set_global_policy("float32")
+        return
+    device = device_kind(distribution)
+    if (mode == "float16" and device in ("cpu", "tpu")) or (
+        mode == "bfloat16" and device == "cpu"
+    ):
+        better = (
+            "float16 on GPUs."
+            if device == "cpu" and mode == "float16"
+            else "bfloat16 on TPUs or recent GPUs."
+        )
+        warnings.warn(
+            f"mixed_precision={mode!r} on {device.upper()}: training is "
+            f"correct but not faster (and may be slower); it pays off with {better}",
+            stacklevel=2,
+        )
+    keras.mixed_precision.set_global_policy(f"mixed_{mode}")
+
+
+def device_kind(distribution):
+    """`"tpu"`, `"gpu"` or `"cpu"`: what `distribution` trains on."""
+    backend = keras.backend.backend()
+    if distribution.name == "tpu":
+        return "tpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def enable_op_determinism():
+    """Makes TensorFlow's ops deterministic (other backends: a no-op).
+
+    JAX on CPU and Keras' torch ops are deterministic for the same seed;
+    TensorFlow needs `tf.config.experimental.enable_op_determinism`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def global_state_restored():
+    """Restores the dtype policy, distribution and op determinism on exit.
+
+    `train` changes these process-wide settings; inside this context it
+    may, and the caller finds them as they were when `train` returns or
+    raises.
+    """
+    policy = keras.mixed_precision.global_policy()
+    distribution = keras.distribution.distribution()
+    determinism = _op_determinism()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+        keras.distribution.set_distribution(distribution)
+        if determinism is False and _op_determinism():
+            _tensorflow_config().disable_op_determinism()
+
+
+def _op_determinism():
+    """TensorFlow's op determinism flag, or None on the other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    return _tensorflow_config().is_op_determinism_enabled()
+
+
+def _tensorflow_config():
+    # TensorFlow's public API (2.16-2.21) has `enable_op_determinism` only;
+    # reading the flag and turning it off again are in the module behind it.
+    from tensorflow.python.framework import config
+
+    return config

@@ -1,0 +1,313 @@
+"""`train`: the whole job, from a `TrainConfig` to the exported peer.
+
+`train` reads as the list of its steps; each is a function of its own that
+scripts (`examples/quickstart.py`, `benchmarks/accuracy.py`) reuse:
+`build_backbone`, `build_model` and `compile_model` are the recipe,
+`workdir_paths` and `export_deployed_peer` the files.
+"""
+
+import dataclasses
+import os
+
+import keras
+
+from keras_pcl import methods
+from keras_pcl.training.config import JIT_COMPILE
+from keras_pcl.training.config import build_backbone_fn
+from keras_pcl.training.data import in_model_augmentation
+from keras_pcl.training.data import load_data
+from keras_pcl.training.data import preprocessing_statistics
+from keras_pcl.training.data import training_stream
+from keras_pcl.training.distribution import enable_op_determinism
+from keras_pcl.training.distribution import global_state_restored
+from keras_pcl.training.distribution import make_distribution
+from keras_pcl.training.distribution import set_mixed_precision
+from keras_pcl.training.resume import backup_callback
+from keras_pcl.training.resume import check_workdir_config
+from keras_pcl.training.resume import fit_plan
+from keras_pcl.training.resume import restore_step
+
+
+def train(config, callbacks=()):
+    """Trains `config.method` as `config` says, resuming from `config.workdir`.
+
+    Writes to `config.workdir`: `config.json` (a later run with another
+    configuration refuses to resume), `backup/` (`BackupAndRestore`),
+    `logs/` (TensorBoard), `best_peer.keras` (the best peer so far),
+    `<method>.keras` (the final model: `pcl.keras` for PCL, `dml.keras` for
+    DML, ...) and `export/` (the best peer in `config.export_format`; the
+    model's `deploy_peer` if no best peer was recorded, which `train` says).
+
+    The dtype policy, the Keras distribution and TensorFlow's op
+    determinism that `train` sets are restored when it returns or raises.
+
+    Args:
+        config: a `TrainConfig`.
+        callbacks: more Keras callbacks for `fit`, after the job's own.
+
+    Returns:
+        A dict: `history` (merged `fit` logs), `best_peer`, `model`,
+        `initial_step` (0, or the step a resumed run started from),
+        `final_step`, `steps_per_epoch`, `paths`, `exported_peer` (the
+        exported peer's index, None with `export_format="none"`) and
+        `exported_peer_reason` (why that peer).
+
+    Raises:
+        ValueError: a bad field of `config`, a workdir written by another
+            configuration, or a global batch that the replicas cannot
+            split evenly.
+    """
+    from keras_pcl.data import normalization_layer
+
+    config.validate()
+    os.makedirs(config.workdir, exist_ok=True)
+    check_workdir_config(config)
+    with global_state_restored():
+        distribution = set_up_process(config)
+        run = prepare_data(config)
+        with distribution.scope():
+            model = build_model(
+                config,
+                run.image_shape,
+                run.num_classes,
+                run.steps_per_epoch,
+                preprocessing=normalization_layer(
+                    preprocessing_statistics(config, run.splits)
+                ),
+            )
+            compile_model(model, config, run.steps_per_epoch)
+        paths = workdir_paths(config)
+        backup = backup_callback(paths["backup"], config.save_freq)
+        initial_step = restore_step(backup, model)
+        callbacks = job_callbacks(config, paths, backup) + list(callbacks)
+        history = fit(model, config, run, initial_step, callbacks)
+        model.save(paths["model"])
+        exported_peer, reason = export_deployed_peer(model, config, paths["export"])
+    return {
+        "history": history,
+        "best_peer": model.best_peer,
+        "model": model,
+        "initial_step": initial_step,
+        "final_step": int(keras.ops.convert_to_numpy(model.step_counter.value)),
+        "steps_per_epoch": run.steps_per_epoch,
+        "paths": paths,
+        "exported_peer": exported_peer,
+        "exported_peer_reason": reason,
+    }
+
+
+def set_up_process(config):
+    """Seeds, op determinism, the distribution and the dtype policy.
+
+    Returns:
+        The `Distribution` to build the model in.
+    """
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        enable_op_determinism()
+    distribution = make_distribution(config.strategy)
+    if config.batch_size % distribution.num_replicas:
+        raise ValueError(
+            f"`batch_size` must be divisible by the {distribution.num_replicas} "
+            f"replicas of strategy={config.strategy!r} (it is the global "
+            f"batch). Received: batch_size={config.batch_size}"
+        )
+    set_mixed_precision(config.mixed_precision, distribution)
+    return distribution
+
+
+@dataclasses.dataclass
+class RunData:
+    """The data of a run, and the shapes the model is built for."""
+
+    splits: object  # What `load_data` returned.
+    steps_per_epoch: int
+    image_shape: tuple
+    num_classes: int
+    validation: object  # Batched validation `tf.data.Dataset`, or None.
+    imagenet: bool  # ImageNet's own batched pipeline (no exact resume).
+
+
+def prepare_data(config):
+    """Loads the data; the steps per epoch, image shape and validation set.
+
+    Raises:
+        ValueError: fewer training examples than one batch.
+    """
+    splits = load_data(config)
+    imagenet = config.dataset == "imagenet2012"
+    if imagenet:
+        steps_per_epoch = int(splits.train.cardinality())
+        validation = splits.validation
+    else:
+        steps_per_epoch = splits.num_train // config.batch_size
+        validation = None
+        if splits.validation is not None:
+            validation = splits.validation.batch(config.batch_size).prefetch(-1)
+    if config.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"The training split has fewer than one batch of {config.batch_size} "
+            "examples. Lower `batch_size` or use more data. "
+            f"Received: batch_size={config.batch_size}"
+        )
+    images_spec = splits.train.element_spec[0]
+    if isinstance(images_spec, tuple):  # Host-side views.
+        images_spec = images_spec[0]
+    return RunData(
+        splits=splits,
+        steps_per_epoch=steps_per_epoch,
+        image_shape=tuple(images_spec.shape[-3:]),
+        num_classes=len(splits.class_names),
+        validation=validation,
+        imagenet=imagenet,
+    )
+
+
+def build_backbone(config, image_shape):
+    """A fresh `config.backbone` for `image_shape`, with the weight decay."""
+    regularizer = None
+    if config.weight_decay:
+        # PyTorch's SGD `weight_decay` adds `wd * w` to the gradient, which is
+        # the gradient of `wd / 2 * |w|^2`.
+        regularizer = keras.regularizers.L2(config.weight_decay / 2)
+    return build_backbone_fn(config.backbone)(
+        input_shape=image_shape, kernel_regularizer=regularizer
+    )
+
+
+def build_model(config, image_shape, num_classes, steps_per_epoch, preprocessing=None):
+    """The uncompiled model of `config.method` around a fresh backbone.
+
+    Every method gets the same settings through
+    `keras_pcl.methods.build_method` (which leaves out those a method does
+    not have): peers, augmentation, temperature, mean-teacher decay,
+    consistency weight and its ramp-up (`config.rampup_epochs` in steps).
+
+    Args:
+        config: a `TrainConfig`.
+        image_shape: `(height, width, channels)` of the training images.
+        num_classes: number of classes.
+        steps_per_epoch: training steps per epoch (for the ramp-up).
+        preprocessing: the model's preprocessing layer (None: the method's
+            default, a rescaling to [0, 1]).
+    """
+    return methods.build_method(
+        config.method,
+        build_backbone(config, image_shape),
+        num_classes,
+        num_peers=config.num_peers,
+        augmentation=in_model_augmentation(config, image_shape),
+        preprocessing=preprocessing,
+        temperature=config.temperature,
+        ema_decay=config.ema_decay,
+        consistency_weight=config.consistency_weight,
+        rampup_steps=int(round(config.rampup_epochs * steps_per_epoch)),
+    )
+
+
+def compile_model(model, config, steps_per_epoch):
+    """The paper's optimiser: SGD with Nesterov momentum, step decay by 10."""
+    boundaries = [int(e * steps_per_epoch) for e in config.lr_decay_epochs]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [config.lr * 0.1**i for i in range(len(boundaries) + 1)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            schedule, momentum=config.momentum, nesterov=True
+        ),
+        jit_compile=JIT_COMPILE[config.jit_compile],
+        steps_per_execution=config.steps_per_execution,
+    )
+
+
+def workdir_paths(config):
+    """Where the run writes: backup, logs, best peer, final model, export."""
+    from keras_pcl.export import FORMAT_EXTENSIONS
+
+    suffix = FORMAT_EXTENSIONS.get(config.export_format, "")
+    return {
+        "backup": os.path.join(config.workdir, "backup"),
+        "logs": os.path.join(config.workdir, "logs"),
+        "best_peer": os.path.join(config.workdir, "best_peer.keras"),
+        "model": os.path.join(config.workdir, f"{config.method}.keras"),
+        "export": os.path.join(config.workdir, "export" + suffix),
+    }
+
+
+def job_callbacks(config, paths, backup):
+    """Best-peer tracking, the backup, TensorBoard and a stop on NaN."""
+    from keras_pcl.callbacks import BestPeerTracker
+
+    return [
+        BestPeerTracker(filepath=paths["best_peer"], verbose=config.verbose),
+        backup,
+        keras.callbacks.TensorBoard(paths["logs"]),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+
+
+def fit(model, config, run, initial_step, callbacks):
+    """Trains from `initial_step` to the last epoch; the merged `fit` logs."""
+    if run.imagenet:
+        # Reading ImageNet's records again up to the restored step would take
+        # hours: a resumed run continues at the right step (weights,
+        # schedule, ramp-up) with a freshly shuffled pipeline.
+        stream = run.splits.train.repeat()
+    else:
+        stream = training_stream(run.splits.train, config, run.steps_per_epoch)
+        stream = stream.skip(initial_step).prefetch(-1)
+    history = {}
+    batches = stream
+    for initial_epoch, end_epoch, steps in fit_plan(
+        initial_step, run.steps_per_epoch, config.epochs
+    ):
+        result = model.fit(
+            batches,
+            initial_epoch=initial_epoch,
+            epochs=end_epoch,
+            steps_per_epoch=steps,
+            validation_data=run.validation,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # Every epoch of the stream is shuffled already.
+        )
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(values)
+        if model.stop_training:
+            break
+        if not run.imagenet:
+            batches = stream.skip((end_epoch - initial_epoch) * steps)
+    return history
+
+
+def export_deployed_peer(model, config, path):
+    """Exports the best peer (else `deploy_peer`) as `config.export_format`.
+
+    Returns:
+        `(peer index, reason)`; `(None, reason)` with `export_format="none"`.
+        Without a best-peer record (no validation data), the model's
+        `deploy_peer` is exported and a line says so (unless `verbose=0`).
+    """
+    from keras_pcl.export import resolve_peer
+
+    if config.export_format == "none":
+        return None, "export_format='none': nothing exported"
+    if model.best_peer is not None:
+        peer = "best"
+        reason = (
+            f"best validation accuracy (epoch {model.best_peer.epoch + 1}), "
+            "recorded by BestPeerTracker"
+        )
+    else:
+        peer = "deploy"
+        reason = (
+            "no best peer was recorded, as the run had no validation data; "
+            "the model's deploy_peer was exported"
+        )
+    index = resolve_peer(model, peer)
+    model.export_peer(path, peer=peer, format=config.export_format, overwrite=True)
+    if peer == "deploy" and config.verbose:
+        print(f"Exported peer {index} to {path}: {reason}.", flush=True)
+    return index, reason
