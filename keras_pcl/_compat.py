@@ -142,3 +142,21 @@ def tensorflow_reads_before_writes():
         tf.config.optimizer.set_experimental_options(
             {"dependency_optimization": previous.get("dependency_optimization", True)}
         )
+
+
+def tensorflow_op_determinism():
+    """Whether TensorFlow's op determinism is on.
+
+    TensorFlow's public API (2.16-2.21) has `enable_op_determinism` only;
+    reading the flag and turning it off again are in the module behind it.
+    """
+    from tensorflow.python.framework import config
+
+    return config.is_op_determinism_enabled()
+
+
+def disable_tensorflow_op_determinism():
+    """Turns TensorFlow's op determinism off (see `tensorflow_op_determinism`)."""
+    from tensorflow.python.framework import config
+
+    config.disable_op_determinism()

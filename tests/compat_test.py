@@ -87,3 +87,16 @@ def test_tensorflow_reads_before_writes_is_scoped():
     assert after.get("dependency_optimization", True) == before.get(
         "dependency_optimization", True
     )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's flag")
+def test_tensorflow_op_determinism_can_be_read_and_turned_off():
+    import tensorflow as tf
+
+    before = _compat.tensorflow_op_determinism()
+    tf.config.experimental.enable_op_determinism()
+    assert _compat.tensorflow_op_determinism() is True
+    _compat.disable_tensorflow_op_determinism()
+    assert _compat.tensorflow_op_determinism() is False
+    if before:
+        tf.config.experimental.enable_op_determinism()

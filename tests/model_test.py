@@ -550,14 +550,24 @@ def test_evaluate_runs_the_deployed_network_once_per_batch(monkeypatch):
     keras.backend.backend() != "tensorflow",
     reason="Grappler's options exist on TensorFlow only",
 )
-def test_training_leaves_tensorflow_optimizer_options_as_they_were():
+def test_training_leaves_tensorflow_optimizer_options_as_they_were(monkeypatch):
     import tensorflow as tf
 
     before = tf.config.optimizer.get_experimental_options()
     x, y = colour_dataset(32, seed=0)
     model = make_model()
     model.compile(optimizer=sgd(), jit_compile=False)
+    seen = []
+    compute_loss = model.compute_loss
+
+    def recording(*args, **kwargs):  # Runs while the step is traced.
+        seen.append(tf.config.optimizer.get_experimental_options())
+        return compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(model, "compute_loss", recording)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    # The training step was traced (and so is run) with the pass off ...
+    assert seen and all(o["dependency_optimization"] is False for o in seen)
     after = tf.config.optimizer.get_experimental_options()
     assert after.get("dependency_optimization", True) == before.get(
         "dependency_optimization", True

@@ -12,6 +12,7 @@ import warnings
 
 import keras
 
+from keras_pcl import _compat
 from keras_pcl import validation
 from keras_pcl.training.config import MIXED_PRECISION
 from keras_pcl.training.config import STRATEGIES
@@ -208,19 +209,11 @@ def global_state_restored():
         keras.mixed_precision.set_global_policy(policy)
         keras.distribution.set_distribution(distribution)
         if determinism is False and _op_determinism():
-            _tensorflow_config().disable_op_determinism()
+            _compat.disable_tensorflow_op_determinism()
 
 
 def _op_determinism():
     """TensorFlow's op determinism flag, or None on the other backends."""
     if keras.backend.backend() != "tensorflow":
         return None
-    return _tensorflow_config().is_op_determinism_enabled()
-
-
-def _tensorflow_config():
-    # TensorFlow's public API (2.16-2.21) has `enable_op_determinism` only;
-    # reading the flag and turning it off again are in the module behind it.
-    from tensorflow.python.framework import config
-
-    return config
+    return _compat.tensorflow_op_determinism()

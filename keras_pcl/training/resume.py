@@ -18,6 +18,8 @@ import os
 
 import keras
 
+from keras_pcl import _compat
+
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = (
     "epochs",
@@ -48,7 +50,7 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
             return
         self._restored = True
         super().on_train_begin(logs)
-        self.model._initial_epoch = None  # Set by the parent; `train` decides.
+        _compat.clear_initial_epoch(self.model)  # `train` decides the epoch.
 
 
 def backup_callback(directory, save_freq):
