@@ -64,7 +64,9 @@ class PeerCollaborativeModel(MultiBranchModel):
         num_classes: int >= 2.
         num_peers: int >= 2, the number of peers `m`. Defaults to 3.
         split_at: name of the backbone layer whose output ends the shared
-            trunk. Defaults to the backbone's `default_split_at`.
+            trunk. Defaults to the backbone's `default_split_at`, or to
+            `keras_pcl.splitting.recommended_split` for the keras.applications
+            families it knows (the chosen layer is printed).
         augmentation: the per-peer training augmentation, applied to raw
             pixels inside the training step and drawn independently for each
             peer. `"default"`: pad `size // 8` pixels (4 for 32x32), random
@@ -73,7 +75,10 @@ class PeerCollaborativeModel(MultiBranchModel):
             the input pipeline), no in-model augmentation is applied.
         preprocessing: a Keras layer that maps raw pixels to network inputs,
             e.g. `keras.layers.Normalization(mean=..., variance=...)`.
-            Defaults to `keras.layers.Rescaling(1 / 255)`.
+            Defaults to `keras.layers.Rescaling(1 / 255)`, or to none
+            (`Identity`) for a backbone that begins with its own
+            `Rescaling`/`Normalization`; another layer is refused for such a
+            backbone (the pixels would be scaled twice).
         temperature: positive float, the distillation temperature `T`.
         ema_decay: float in [0, 1), the mean teachers' decay `alpha`.
         consistency_weight: float >= 0, the weight `lambda` that `w(t)`
@@ -94,7 +99,11 @@ class PeerCollaborativeModel(MultiBranchModel):
         shared_augmentation: ablation switch. If True, one augmentation of
             the batch is drawn per step and shared by all peers, instead of
             one per peer.
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        **kwargs: `peer_initialization` (`"fresh"` as in the paper, or
+            `"backbone"` to start every peer and mean teacher from the
+            backbone's weights when fine-tuning), `peer_perturbation` (see
+            `keras_pcl.multi_branch.MultiBranchModel`), or `keras.Model`
+            arguments (e.g. `name`).
 
     Example:
 
@@ -171,6 +180,10 @@ class PeerCollaborativeModel(MultiBranchModel):
         ]
         for student, teacher in zip(self._students(), self._mean_teachers()):
             teacher.set_weights(student.get_weights())
+        # The EMA runs over the student's parameters as built (trainable
+        # variables now): a layer frozen later for fine-tuning still enters
+        # the average, so its mean teacher converges to it (spec section 4).
+        object.__setattr__(self, "_ema_pairs", self._ema_variable_pairs())
         self._freeze_mean_teachers()
 
     @property
@@ -183,12 +196,20 @@ class PeerCollaborativeModel(MultiBranchModel):
         if getattr(self, "mean_teacher_trunk", None) is not None:
             self._freeze_mean_teachers()
 
+    def make_train_function(self, force=False):
+        # Before the step is traced: a student layer frozen for fine-tuning
+        # (`model.trunk.trainable = False`, then `compile`) runs in inference
+        # mode (batch norm with its moving statistics); its mean teacher
+        # must too.
+        self._mirror_student_trainability()
+        return super().make_train_function(force=force)
+
     # ------------------------------------------------------------------
     # Forward passes
     # ------------------------------------------------------------------
 
     def _before_training_forward(self, step):
-        student_vars, teacher_vars = self._ema_variable_pairs()
+        student_vars, teacher_vars = self._ema_pairs
         update_mean_teacher(student_vars, teacher_vars, step, self.ema_decay)
 
     def _branch_outputs(self, views, training):
@@ -307,7 +328,26 @@ class PeerCollaborativeModel(MultiBranchModel):
                     teachers.append(t)
         return students, teachers
 
+    def _mirror_student_trainability(self):
+        """Each mean-teacher layer is `trainable` iff its student layer is.
+
+        Its variables stay frozen (the optimizer never trains a mean
+        teacher); the flag only decides how batch norm runs in training.
+        """
+        for student, teacher in zip(self._students(), self._mean_teachers()):
+            for s_layer, t_layer in zip(_leaf_layers(student), _leaf_layers(teacher)):
+                if t_layer.trainable != s_layer.trainable:
+                    t_layer.trainable = s_layer.trainable
+        self._freeze_mean_teachers()
+
     def _freeze_mean_teachers(self):
         for teacher in self._mean_teachers():
             for variable in teacher.weights:
                 freeze_variable(variable)
+
+
+def _leaf_layers(layer):
+    """The layers of `layer` that are not models, depth first."""
+    if not isinstance(layer, keras.Model):
+        return [layer]
+    return [leaf for sub in layer.layers for leaf in _leaf_layers(sub)]

@@ -35,9 +35,12 @@ from keras_pcl.losses import consistency_rampup
 from keras_pcl.losses import standardize_labels
 from keras_pcl.splitting import check_backbone
 from keras_pcl.splitting import fresh_clone
+from keras_pcl.splitting import own_preprocessing
+from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
 from keras_pcl.validation import check_bool  # noqa: F401 (used by subclasses)
+from keras_pcl.validation import check_choice
 from keras_pcl.validation import check_int
 from keras_pcl.validation import check_number
 from keras_pcl.validation import raise_invalid  # noqa: F401
@@ -45,6 +48,8 @@ from keras_pcl.views import PeerViews
 
 # The paper's CIFAR recipe: 80 ramp-up epochs of ceil(50000 / 128) steps.
 DEFAULT_RAMPUP_STEPS = 80 * 391
+# How each peer's layers start: their own random weights, or the backbone's.
+PEER_INITIALIZATIONS = ("fresh", "backbone")
 
 
 class MultiBranchModel(PeerDeployment, keras.Model):
@@ -75,14 +80,30 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         num_classes: int >= 2.
         num_peers: int, the number of peers (branches) `m`.
         split_at: name of the backbone layer that ends the shared trunk.
-            Defaults to the backbone's `default_split_at`. Must be None for
-            methods without a shared trunk.
+            Defaults to the backbone's `default_split_at`, or, for the
+            keras.applications families it knows, to
+            `keras_pcl.splitting.recommended_split` (the layer chosen is
+            printed). Must be None for methods without a shared trunk.
         augmentation: the training augmentation, applied to raw pixels inside
             the training step. `"default"`: pad `size // 8` pixels, random
             crop, random horizontal flip. Any layer or callable works; None
             disables it.
         preprocessing: a Keras layer from raw pixels to network inputs.
-            Defaults to `keras.layers.Rescaling(1 / 255)`.
+            Defaults to `keras.layers.Rescaling(1 / 255)`, or to
+            `keras.layers.Identity()` for a backbone that begins with its
+            own `Rescaling` or `Normalization` layer (e.g. keras.applications
+            EfficientNet, ConvNeXt, MobileNetV3), which then scales the raw
+            pixels itself; passing another layer for such a backbone raises
+            a `ValueError` (the pixels would be scaled twice).
+        peer_initialization: `"fresh"` (default, as in the paper): every
+            peer's layers get their own random initialisation.
+            `"backbone"`: every peer starts from the backbone's own weights
+            of those layers (fine-tuning a pretrained backbone); the
+            classifiers are always fresh.
+        peer_perturbation: float >= 0; with `peer_initialization="backbone"`,
+            Gaussian noise of this standard deviation, relative to each
+            kernel's own standard deviation, is added to every peer's kernels
+            so that the peers differ. 0 (default): identical copies.
         temperature: positive float, the distillation temperature `T`.
         consistency_weight: float >= 0, the weight `lambda` that the ramp-up
             `w(t)` reaches.
@@ -116,6 +137,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         consistency_weight=1.0,
         rampup_steps=DEFAULT_RAMPUP_STEPS,
         deploy_peer=0,
+        peer_initialization="fresh",
+        peer_perturbation=0.0,
         views_per_peer=None,
         **kwargs,
     ):
@@ -136,9 +159,21 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 deploy_peer,
                 f"a peer index in [0, num_peers - 1] = [0, {num_peers - 1}]",
             )
+        check_choice("peer_initialization", peer_initialization, PEER_INITIALIZATIONS)
+        check_number(
+            "peer_perturbation", peer_perturbation, "a number >= 0", lambda p: p >= 0
+        )
+        if peer_perturbation and peer_initialization != "backbone":
+            raise ValueError(
+                "`peer_perturbation` perturbs peers copied from the backbone; "
+                "pass `peer_initialization='backbone'` with it (fresh peers "
+                "differ already). Received: peer_perturbation="
+                f"{peer_perturbation!r}, peer_initialization={peer_initialization!r}"
+            )
         check_backbone(backbone)
         trunk, head, split_at = self._split(backbone, split_at)
         image_shape = tuple(backbone.inputs[0].shape[1:])
+        preprocessing = _resolve_preprocessing(backbone, preprocessing)
         if views_per_peer is None:
             views_per_peer = type(self).views_per_peer
         views = PeerViews(
@@ -174,8 +209,10 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         # Kept for subclasses that build more copies of the peer head.
         object.__setattr__(self, "_head_template", head)
         self.trunk = trunk
+        self.peer_initialization = peer_initialization
+        self.peer_perturbation = float(peer_perturbation)
         self.peer_heads = [
-            fresh_clone(head, f"peer_{j}_head") for j in range(num_peers)
+            self._new_peer_head(f"peer_{j}_head") for j in range(num_peers)
         ]
         self.peer_classifiers = [
             dense_classifier(num_classes, self.feature_dim, f"peer_{j}_classifier")
@@ -194,6 +231,20 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         object.__setattr__(self, "_inference_memo", None)
         self.built = True
 
+    def _new_peer_head(self, name):
+        """A copy of the backbone's head for one peer (fresh or pretrained)."""
+        head = fresh_clone(self._head_template, name)
+        if self.peer_initialization == "backbone":
+            head.set_weights(self._head_template.get_weights())
+            if self.peer_perturbation:
+                for variable in head.trainable_weights:
+                    if len(variable.shape) < 2:  # Kernels only, not BN or biases.
+                        continue
+                    scale = ops.std(variable) * self.peer_perturbation
+                    noise = keras.random.normal(variable.shape, dtype=variable.dtype)
+                    variable.assign(variable + scale * noise)
+        return head
+
     def _split(self, backbone, split_at):
         """`(trunk, head, split_at)`: the backbone cut for this method."""
         if not self.shares_trunk:
@@ -206,14 +257,23 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             return None, backbone, None
         if split_at is None:
             split_at = getattr(backbone, "default_split_at", None)
+        if split_at is None:
+            split_at = recommended_split(backbone)
             if split_at is None:
                 raise ValueError(
                     "`split_at` is required: backbone "
-                    f"'{backbone.name}' has no `default_split_at`. Pass "
-                    "the name of the layer that ends the shared trunk, "
-                    f"one of {split_candidates(backbone)}. "
+                    f"'{backbone.name}' has no `default_split_at` and is not "
+                    "a family that `keras_pcl.splitting.recommended_split` "
+                    "knows. Pass the name of the layer that ends the shared "
+                    f"trunk, one of {split_candidates(backbone)}. "
                     "Received: split_at=None"
                 )
+            print(
+                f"{type(self).__name__}: split_at=None, so the trunk ends at "
+                f"'{split_at}', the start of the last stage of "
+                f"'{backbone.name}' (keras_pcl.splitting.recommended_split). "
+                "Pass `split_at` to choose another layer."
+            )
         trunk, head = split_backbone(backbone, split_at)
         return trunk, head, split_at
 
@@ -530,6 +590,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "consistency_weight": self.consistency_weight,
                 "rampup_steps": self.rampup_steps,
                 "deploy_peer": self._deploy_peer,
+                "peer_initialization": self.peer_initialization,
+                "peer_perturbation": self.peer_perturbation,
             }
         )
         for key in self.fixed_arguments:
@@ -569,6 +631,25 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     def _random_states(self):
         """The `SeedGenerator` states of every layer, in tracking order."""
         return [v for v in self.variables if v.name == "seed_generator_state"]
+
+
+def _resolve_preprocessing(backbone, preprocessing):
+    """`preprocessing`, or the default that does not scale pixels twice."""
+    own = own_preprocessing(backbone)
+    if own is None:
+        return preprocessing  # PeerViews' default: Rescaling(1 / 255).
+    if preprocessing is None or isinstance(preprocessing, keras.layers.Identity):
+        return preprocessing or keras.layers.Identity(name="identity")
+    raise ValueError(
+        f"Backbone '{backbone.name}' begins with its own preprocessing "
+        f"({type(own).__name__} layer '{own.name}'), and `preprocessing` "
+        f"was passed as well ({type(preprocessing).__name__} layer "
+        f"'{preprocessing.name}'): every peer would scale the pixels twice. "
+        "Leave `preprocessing` as None (the backbone's own layer then reads "
+        "the raw pixels), or build the backbone without its preprocessing "
+        "(keras.applications: `include_preprocessing=False`). "
+        f"Received: preprocessing={preprocessing!r}"
+    )
 
 
 def scale_for_replicas(loss):

@@ -212,6 +212,58 @@ def recommended_split(backbone):
     return None
 
 
+# Layers that turn raw pixels into network inputs. keras.applications
+# families with `include_preprocessing` (EfficientNet, EfficientNetV2,
+# ConvNeXt, MobileNetV3, RegNet) begin with one of these.
+PREPROCESSING_LAYERS = (keras.layers.Rescaling, keras.layers.Normalization)
+
+
+def own_preprocessing(backbone):
+    """The preprocessing layer a backbone begins with, or None.
+
+    A backbone whose input goes straight into a `Rescaling` or
+    `Normalization` layer (directly, or as the first layer of a nested
+    model) scales raw pixels itself; keras-pcl then adds no preprocessing
+    of its own in front of it.
+
+    Args:
+        backbone: a built functional `keras.Model`.
+
+    Returns:
+        The first such layer, or None.
+
+    Example:
+
+    >>> import keras
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    >>> x = keras.layers.Conv2D(4, 3)(x)
+    >>> features = keras.layers.GlobalAveragePooling2D()(x)
+    >>> own_preprocessing(keras.Model(inputs, features)).name
+    'scale'
+    """
+    if not isinstance(backbone, keras.Model) or not backbone.inputs:
+        return None
+    graph = _graph_outputs(backbone)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        calls = graph.get(id(layer), [])
+        reads_input = any(
+            any(t is i for t in node.input_tensors for i in backbone.inputs)
+            for node, _ in calls
+        )
+        if not reads_input:
+            continue
+        if isinstance(layer, PREPROCESSING_LAYERS):
+            return layer
+        if isinstance(layer, keras.Model):
+            nested = own_preprocessing(layer)
+            if nested is not None:
+                return nested
+    return None
+
+
 def check_backbone(backbone):
     """Raises a clear error unless `backbone` is a usable PCL backbone.
 

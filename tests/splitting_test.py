@@ -243,3 +243,53 @@ def test_keras_applications_with_top_is_refused():
         ValueError, match=r"include_top=False.*Received: backbone='mobilenetv2"
     ):
         check_backbone(backbone)
+
+
+def scaling_backbone(image_size=8, name="scaling"):
+    """`tiny_backbone` that begins with its own `Rescaling(1 / 255)`."""
+    inputs = keras.Input((image_size, image_size, 3), name="images")
+    x = keras.layers.Rescaling(1 / 255, name="own_rescaling")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="split")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def test_own_preprocessing_finds_a_leading_rescaling_or_normalization():
+    from keras_pcl.splitting import own_preprocessing
+
+    assert own_preprocessing(scaling_backbone()).name == "own_rescaling"
+    assert own_preprocessing(tiny_backbone()) is None
+    nested = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.Sequential([keras.layers.Normalization(mean=0, variance=1)]),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    )
+    assert isinstance(own_preprocessing(nested), keras.layers.Normalization)
+    # A Rescaling deeper in the network is not preprocessing.
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(2, 3)(inputs)
+    x = keras.layers.Rescaling(2.0)(x)
+    features = keras.layers.GlobalAveragePooling2D()(x)
+    assert own_preprocessing(keras.Model(inputs, features)) is None
+
+
+@slow_on_jax
+def test_own_preprocessing_of_keras_applications():
+    from keras_pcl.splitting import own_preprocessing
+
+    efficientnet = keras.applications.EfficientNetB0(
+        weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
+    )
+    assert isinstance(own_preprocessing(efficientnet), keras.layers.Rescaling)
+    mobilenet = keras.applications.MobileNetV2(
+        weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
+    )
+    assert own_preprocessing(mobilenet) is None  # Expects [-1, 1] inputs.
