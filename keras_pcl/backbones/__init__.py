@@ -19,6 +19,9 @@ from keras_pcl.backbones.densenet import CIFARDenseNet
 from keras_pcl.backbones.densenet import densenet40_12
 from keras_pcl.backbones.imagenet_resnet import ImageNetResNet
 from keras_pcl.backbones.imagenet_resnet import resnet18
+from keras_pcl.backbones.keras_hub import KerasHubBackbone
+from keras_pcl.backbones.keras_hub import from_keras_hub
+from keras_pcl.backbones.keras_hub import preprocessing_from_keras_hub
 from keras_pcl.backbones.registry import BACKBONES
 from keras_pcl.backbones.registry import get
 from keras_pcl.backbones.registry import names
@@ -30,6 +33,9 @@ from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_candidates
 
 __all__ = [
+    "KerasHubBackbone",
+    "from_keras_hub",
+    "preprocessing_from_keras_hub",
     "BACKBONES",
     "Backbone",
     "CIFARBottleneckResNet",
