@@ -12,7 +12,8 @@ backend chosen by `KERAS_BACKEND`. The backbone is `--backbone NAME`, any of
 `keras_pcl.backbones.names()` (resnet20, resnet32, resnet56, resnet110,
 wrn20_8, vgg16, densenet40_12, resnet18), built by
 `keras_pcl.backbones.get(NAME)` at `--image_size` (default 32, 224 for
-resnet18); without `--backbone`, `CIFARResNet(depth=--depth)` as before. Each model first runs one untimed
+resnet18); without `--backbone`, `CIFARResNet(depth=--depth)` as before.
+Each model first runs one untimed
 `fit` call (tracing/compilation and warm-up), then `--repeats` timed `fit`
 calls of `--steps` steps each on an in-memory array, alternating between the
 models; the reported figure is the median (the best run is reported as
