@@ -3,12 +3,13 @@
     keras-pcl train --dataset=digits --backbone=resnet8 --epochs=15 --workdir=runs/d
     keras-pcl train --method=dml --dataset=digits --workdir=runs/dml  # a baseline
     keras-pcl evaluate runs/d/pcl.keras --dataset=digits
+    keras-pcl evaluate runs/f/export --dataset=path/to/test_folder --split=all
     keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format tf_saved_model]
     keras-pcl benchmark --methods=pcl,vanilla --backbone=resnet32 --batch_size=32
 
 Each subcommand wraps a library call (`train` ->
 `keras_pcl.training.train`, the job of the example scripts, with the same
-flags; `evaluate` -> `Model.evaluate` on the validation split; `export` ->
+flags; `evaluate` -> `keras_pcl.training.evaluation` on a split; `export` ->
 `PeerCollaborativeModel.export_peer`; `benchmark` ->
 `keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`).
 Exit codes: 0 success, 1 an error (printed as one line, `keras-pcl
@@ -105,16 +106,41 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="validation accuracy of a PCL checkpoint (per peer) or a network",
+        help="top-1/top-5 accuracy of a network or checkpoint on a dataset split",
         description=(
-            "Evaluate a .keras file on the validation split of a dataset: "
-            "a PCL model reports every peer, the ensemble and every mean "
-            "teacher; a plain network (e.g. from `export --format keras`) "
-            "its accuracy. Use the --validation_split and --seed of training "
-            "so that the split is the held-out one."
+            "Score a trained network on a dataset split: a .keras file (an "
+            "exported network, or a PCL or baseline checkpoint: every peer, "
+            "the ensemble and every mean teacher, then the peer that "
+            "`train` exports), a SavedModel directory or a .onnx file. "
+            "Reports top-1 accuracy, and top-5 with more than 5 classes. "
+            "--split=validation (default) is the split held out in "
+            "training: pass the --validation_split and --seed of training. "
+            "--split=all scores every image of an image folder (your test "
+            "folder); --split=test the tfds test split of cifar10/cifar100."
         ),
     )
-    evaluate.add_argument("checkpoint", help="a .keras file")
+    evaluate.add_argument(
+        "network",
+        help="a .keras file, a SavedModel directory or a .onnx file",
+    )
+    from keras_pcl.training.evaluation import SPLITS
+
+    evaluate.add_argument(
+        "--split",
+        default="validation",
+        choices=SPLITS,
+        help=(
+            "validation: the split held out in training; all: every image "
+            "of an image folder; test: the tfds test split (cifar10, "
+            "cifar100). Default: validation"
+        ),
+    )
+    evaluate.add_argument(
+        "--confusion_matrix",
+        default=None,
+        metavar="PATH.png",
+        help="also draw the confusion matrix there (needs matplotlib)",
+    )
     for name in (
         "dataset",
         "data_dir",
@@ -415,82 +441,81 @@ def run_train(args):
 
 
 def run_evaluate(args):
-    """`keras-pcl evaluate`: accuracy on the validation split."""
-    if not os.path.isfile(args.checkpoint):
-        raise CommandError(
-            f"checkpoint {args.checkpoint!r} does not exist or is not a file"
-        )
-    import keras
-    import numpy as np
+    """`keras-pcl evaluate`: top-1/top-5 accuracy of a network on a split."""
+    from keras_pcl.training import evaluation
 
-    import keras_pcl
-    from keras_pcl import training
-
-    config = training.TrainConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-    )
     try:
-        splits = training.load_data(config)
+        if args.confusion_matrix:
+            evaluation.check_confusion_matrix_path(args.confusion_matrix)
+        network = evaluation.load_network(args.network)
+        data = evaluation.evaluation_data(
+            args.dataset,
+            args.split,
+            image_shape=network.image_shape,
+            image_size=args.image_size,
+            validation_split=args.validation_split,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+        )
+        evaluation.check_compatible(network, data, args.dataset)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise CommandError(_first_line(error)) from None
-    if splits.validation is None:
-        raise CommandError(
-            "the dataset has no validation split (--validation_split is 0)"
-        )
-    validation = splits.validation
-    if config.dataset != "imagenet2012":
-        validation = validation.batch(args.batch_size)
-    try:
-        model = keras.saving.load_model(args.checkpoint)
-    except Exception as error:  # Keras raises several types for bad files.
-        raise CommandError(
-            f"could not load {args.checkpoint!r} as a Keras model: {_first_line(error)}"
-        ) from None
-    from keras_pcl.multi_branch import MultiBranchModel
-
-    if isinstance(model, keras_pcl.PeerCollaborativeModel):
-        scores = model.evaluate(validation, verbose=1, return_dict=True)
-        rows = [
-            (f"peer {j} (student)", scores[f"peer_{j}_accuracy"])
-            for j in range(model.num_peers)
-        ]
-        rows.append(("peer ensemble", scores["ensemble_accuracy"]))
-        rows += [
-            (f"peer {j} mean teacher", scores[f"mean_teacher_{j}_accuracy"])
-            for j in range(model.num_peers)
-        ]
-        best = model.best_peer
-        if best is not None:
-            rows.append(
-                (
-                    f"best peer {best.peer} (epoch {best.epoch + 1}), mean teacher",
-                    scores[f"mean_teacher_{best.peer}_accuracy"],
-                )
-            )
-    elif isinstance(model, MultiBranchModel):  # A baseline.
-        scores = model.evaluate(validation, verbose=1, return_dict=True)
-        rows = [
+    rows = []
+    if network.model is not None:
+        rows = _checkpoint_rows(network.model, data.batches)
+    scores = evaluation.score(network, data)
+    rows.append((f"{network.description} top-1", f"{100 * scores['top1']:5.1f}%"))
+    if scores["top5"] is None:
+        rows.append(
             (
-                f"{type(model).__name__} {name[: -len('_accuracy')].replace('_', ' ')}",
-                value,
+                f"{network.description} top-5",
+                f"    - (not reported: {len(data.class_names)} classes <= "
+                f"{evaluation.TOP_K})",
+            )
+        )
+    else:
+        rows.append((f"{network.description} top-5", f"{100 * scores['top5']:5.1f}%"))
+    print(f"Accuracy on {data.name} ({data.num_examples} images):")
+    for name, value in rows:
+        print(f"  {name:<44} {value}")
+    if args.confusion_matrix:
+        try:
+            evaluation.write_confusion_matrix(
+                scores["confusion"],
+                data.class_names,
+                args.confusion_matrix,
+                title=f"{network.description} on {data.name}",
+            )
+        except (ValueError, ImportError, OSError) as error:
+            raise CommandError(_first_line(error)) from None
+        print(f"Confusion matrix: {args.confusion_matrix}")
+
+
+def _checkpoint_rows(model, batches):
+    """Top-1 rows of every peer (and ensemble, mean teacher) of a checkpoint."""
+    import keras_pcl
+
+    scores = model.evaluate(batches, verbose=0, return_dict=True)
+    if not isinstance(model, keras_pcl.PeerCollaborativeModel):  # A baseline.
+        return [
+            (
+                f"{type(model).__name__} "
+                f"{name[: -len('_accuracy')].replace('_', ' ')} top-1",
+                f"{100 * value:5.1f}%",
             )
             for name, value in scores.items()
             if name.endswith("_accuracy")
         ]
-    else:
-        correct = total = 0
-        for images, labels in validation:
-            logits = keras.ops.convert_to_numpy(model(images, training=False))
-            correct += int((np.argmax(logits, -1) == np.asarray(labels)).sum())
-            total += len(logits)
-        rows = [(model.name, correct / total)]
-    print(f"Validation accuracy on {config.dataset} ({splits.num_validation} images):")
-    for name, value in rows:
-        print(f"  {name:<44} {100 * value:5.1f}%")
+    names = [(f"peer {j} (student)", f"peer_{j}") for j in range(model.num_peers)]
+    names.append(("peer ensemble", "ensemble"))
+    names += [
+        (f"peer {j} mean teacher", f"mean_teacher_{j}") for j in range(model.num_peers)
+    ]
+    return [
+        (f"{name} top-1", f"{100 * scores[f'{key}_accuracy']:5.1f}%")
+        for name, key in names
+    ]
 
 
 class CommandError(Exception):

@@ -147,27 +147,25 @@ def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
     args = ["--dataset=digits", "--image_size=8,8", "--validation_split=0.2"]
     assert cli.main(["evaluate", str(workdir / "pcl.keras"), *args]) == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert "(359 images)" in out  # 20% of each digit class, rounded half up
+    assert "digits, validation split (359 images)" in out  # 20%, rounded half up
     for row in [
-        "peer 0 (student)",
-        "peer 1 (student)",
-        "peer ensemble",
-        "peer 1 mean teacher",
-        "best peer",
+        "peer 0 (student) top-1",
+        "peer 1 (student) top-1",
+        "peer ensemble top-1",
+        "peer 1 mean teacher top-1",
+        "mean teacher (best peer) top-5",  # 10 classes: top-5 too
     ]:
         assert row in out, row
     model = keras.saving.load_model(workdir / "pcl.keras")
     best = model.best_peer.peer
     pcl_row = next(
-        l
-        for l in out.splitlines()
-        if f"peer {best} mean teacher" in l and "best" not in l
+        l for l in out.splitlines() if l.strip().startswith(f"peer {best} mean teacher")
     )
 
     assert cli.main(["evaluate", str(workdir / "export.keras"), *args]) == cli.EXIT_OK
-    plain_row = capsys.readouterr().out.strip().splitlines()[-1]
+    plain_row = capsys.readouterr().out.strip().splitlines()[-2]
     # The exported network is the best peer's mean teacher: same accuracy.
-    assert plain_row.split()[-1] == pcl_row.split()[-1]
+    assert "top-1" in plain_row and plain_row.split()[-1] == pcl_row.split()[-1]
 
 
 def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
@@ -183,7 +181,7 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
 
     code = cli.main(["evaluate", str(tmp_path / "missing.keras")])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == cli.EXIT_ERROR and "does not exist" in lines[0]
+    assert code == cli.EXIT_ERROR and "`network` does not exist" in lines[0]
 
     with pytest.raises(SystemExit) as exit:
         cli.main(["train", "--strategy=horovod"])
@@ -298,3 +296,184 @@ def test_commands_print_nothing_on_stderr(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Exported peer 1" in result.stdout
     assert result.stderr == ""
+
+
+# ---------------------------------------------------------------------------
+# `keras-pcl evaluate`: every network format, every split, top-5, errors.
+# ---------------------------------------------------------------------------
+
+# The formats each backend writes (`keras_pcl.export`); tflite is not scored.
+WRITABLE = {
+    "keras": ("tensorflow", "jax", "torch"),
+    "tf_saved_model": ("tensorflow", "jax"),
+    "onnx": ("tensorflow", "torch"),
+}
+
+
+def write_folder(root, images, labels, names):
+    """`root/<names[label]>/<i>.png` for each image."""
+    from tests.data.images import write_png
+
+    for name in names:
+        os.makedirs(os.path.join(root, name))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        write_png(os.path.join(root, names[label], f"{i:03d}.png"), image)
+    return str(root)
+
+
+def evaluate(capsys, *argv):
+    """`keras-pcl evaluate ...`: the exit code, stdout and stderr lines."""
+    code = cli.main(["evaluate", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def percentage(out, row):
+    """The percentage at the end of the first report line holding `row`."""
+    line = next(l for l in out.splitlines()[1:] if row in l)
+    return float(line.split()[-1].rstrip("%"))
+
+
+@pytest.fixture(scope="module")
+def colour_folder(checkpoint, tmp_path_factory):
+    """A test folder of the checkpoint's 3 classes (its validation images)."""
+    _, _, x_val = checkpoint
+    _, y_val = colour_dataset(32, seed=1)
+    root = tmp_path_factory.mktemp("test_folder") / "colours"
+    return write_folder(root, x_val, y_val, ("c0", "c1", "c2")), y_val
+
+
+@pytest.mark.parametrize("format", sorted(WRITABLE))
+def test_evaluate_scores_each_format_on_a_whole_folder(
+    format, checkpoint, colour_folder, tmp_path, capsys
+):
+    backend = keras.backend.backend()
+    if backend not in WRITABLE[format]:
+        pytest.skip(f"the {backend} backend does not write {format} (export.py)")
+    path, model, x_val = checkpoint
+    folder, labels = colour_folder
+    best = model.best_peer.peer
+    logits = keras.ops.convert_to_numpy(model.get_peer(best)(x_val.astype("float32")))
+    expected = 100 * np.mean(np.argmax(logits, -1) == labels)
+
+    code, out, err = evaluate(capsys, path, f"--dataset={folder}", "--split=all")
+    assert code == cli.EXIT_OK, err
+    assert "all images (32 images)" in out
+    assert percentage(out, "peer ensemble top-1") >= 0
+    row = f"peer {best} mean teacher (best peer) top-1"
+    assert percentage(out, row) == pytest.approx(expected, abs=0.051)
+    assert "not reported: 3 classes <= 5" in out  # Top-5 would be 100%.
+
+    exported = str(
+        tmp_path / ("peer" + {"keras": ".keras", "onnx": ".onnx"}.get(format, ""))
+    )
+    model.export_peer(exported, format=format)
+    code, out, err = evaluate(capsys, exported, f"--dataset={folder}", "--split=all")
+    assert code == cli.EXIT_OK, err
+    assert percentage(out, "top-1") == pytest.approx(expected, abs=0.051)
+
+
+def test_evaluate_reports_top5_and_draws_the_confusion_matrix(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    names = tuple(f"class_{c}" for c in range(7))
+    labels = np.repeat(np.arange(7), 2)
+    images = rng.integers(0, 256, (14, 8, 8, 3)).astype("uint8")
+    folder = write_folder(tmp_path / "test", images, labels, names)
+    network = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(7)],
+        name="net",
+    )
+    network.set_weights([rng.normal(size=(192, 7)) / 500, np.zeros(7)])
+    path = str(tmp_path / "net.keras")
+    network.save(path)
+    logits = keras.ops.convert_to_numpy(network(images.astype("float32")))
+    top1 = 100 * np.mean(np.argmax(logits, -1) == labels)
+    top5 = 100 * np.mean((np.argsort(-logits, -1)[:, :5] == labels[:, None]).any(-1))
+    assert top1 < top5 < 100  # The check tells top-1 and top-5 apart.
+
+    png = tmp_path / "confusion.png"
+    argv = [path, f"--dataset={folder}", "--split=all"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        code, out, err = evaluate(capsys, *argv, f"--confusion_matrix={png}")
+        assert code == cli.EXIT_ERROR and len(err) == 1
+        assert 'pip install "keras-pcl[bench]"' in err[0]
+        code, out, err = evaluate(capsys, *argv)
+    else:
+        code, out, err = evaluate(capsys, *argv, f"--confusion_matrix={png}")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert code == cli.EXIT_OK, err
+    assert percentage(out, "net top-1") == pytest.approx(top1, abs=0.051)
+    assert percentage(out, "net top-5") == pytest.approx(top5, abs=0.051)
+
+
+def test_evaluate_without_matplotlib_says_how_to_install_it(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import` raises.
+    code, _, err = evaluate(
+        capsys, tmp_path / "net.keras", f"--confusion_matrix={tmp_path}/c.png"
+    )
+    assert code == cli.EXIT_ERROR and len(err) == 1
+    assert (
+        'needs matplotlib. Install it with `pip install "keras-pcl[bench]"`' in err[0]
+    )
+
+
+def test_evaluate_scores_the_tfds_test_split(tmp_path, capsys):
+    import tensorflow_datasets as tfds
+
+    network = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+        ],
+        name="net",
+    )
+    path = str(tmp_path / "cifar_net.keras")
+    network.save(path)
+    with tfds.testing.mock_data(num_examples=8):
+        code, out, err = evaluate(capsys, path, "--dataset=cifar10", "--split=test")
+    assert code == cli.EXIT_OK, err
+    assert "cifar10, test split (8 images)" in out
+    assert 0 <= percentage(out, "net top-5") <= 100
+
+
+def test_evaluate_errors_are_one_line(checkpoint, colour_folder, tmp_path, capsys):
+    path, _, _ = checkpoint
+    folder, _ = colour_folder
+    junk = tmp_path / "network.txt"
+    junk.write_text("not a network")
+    (tmp_path / "empty_dir").mkdir()
+    seven_classes = write_folder(
+        tmp_path / "seven",
+        np.zeros((7, 8, 8, 3), "uint8"),
+        np.arange(7),
+        tuple(f"k{c}" for c in range(7)),
+    )
+    cases = [
+        ([junk, f"--dataset={folder}"], "must be a .keras file, a SavedModel"),
+        ([tmp_path / "empty_dir"], "a SavedModel directory (holding saved_model.pb)"),
+        (
+            [path, f"--dataset={tmp_path}/nowhere", "--split=all"],
+            "`directory` does not exist",
+        ),
+        (
+            [path, f"--dataset={seven_classes}", "--split=all"],
+            "The network outputs 3 classes, and",
+        ),
+        ([path, "--dataset=cifar10", "--split=all"], "(use split='test')"),
+        ([path, f"--dataset={folder}", "--split=test"], "with split='all'"),
+        (
+            [path, f"--dataset={folder}", "--validation_split=0"],
+            "`validation_split` is 0",
+        ),
+        ([path, "--confusion_matrix=c.jpg"], "must be a path ending in .png"),
+    ]
+    for argv, message in cases:
+        code, _, err = evaluate(capsys, *argv)
+        assert code == cli.EXIT_ERROR and len(err) == 1, (argv, err)
+        assert err[0].startswith("keras-pcl evaluate: error:"), err
+        assert message in err[0], (message, err[0])

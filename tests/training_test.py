@@ -1,6 +1,7 @@
 """`keras_pcl.training`: the example scripts' job, resuming after SIGKILL."""
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from keras_pcl import training
 from keras_pcl.training import resume
+from tests.ci_budget import slow_on_jax
 from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
@@ -238,3 +240,137 @@ def test_a_baseline_without_validation_exports_its_deploy_peer_and_says_so(
         keras.ops.convert_to_numpy(model.get_peer(0)(images)),
         atol=1e-5,
     )
+
+
+# ---------------------------------------------------------------------------
+# keras.applications backbones and fine-tuning (examples/finetune.py).
+# ---------------------------------------------------------------------------
+
+
+def small_mobilenet_config(tmp_path, **overrides):
+    values = dict(
+        backbone="MobileNetV2",
+        backbone_alpha=0.35,
+        weight_decay=1e-4,
+        workdir=str(tmp_path / "w"),
+    )
+    values.update(overrides)
+    return training.TrainConfig(**values)
+
+
+@slow_on_jax  # Building MobileNetV2 compiles a program per weight shape.
+def test_an_application_backbone_gets_weight_decay_and_checked_weights(tmp_path):
+    config = small_mobilenet_config(tmp_path)
+    backbone = training.build_backbone(config, (32, 32, 3))
+    kernels = [
+        w
+        for w in backbone.trainable_weights
+        if w.name in ("kernel", "depthwise_kernel")
+    ]
+    assert len(backbone.losses) == len(kernels) > 50
+    # The peers are clones of the layers' configs: they are regularized too.
+    conv = backbone.get_layer("block_13_expand")
+    assert type(conv).from_config(conv.get_config()).kernel_regularizer is not None
+
+    other = str(tmp_path / "alpha_0.5.weights.h5")
+    keras.applications.MobileNetV2(
+        weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
+    ).save_weights(other)
+    with pytest.raises(ValueError) as error:
+        training.build_backbone(
+            small_mobilenet_config(tmp_path, backbone_weights=other), (32, 32, 3)
+        )
+    message = str(error.value)
+    assert "`backbone_weights` does not match backbone='MobileNetV2'" in message
+    assert "could not be loaded" in message  # Keras' own first line.
+    assert "\n" not in message and message.endswith(f"backbone_weights={other!r}")
+    missing = small_mobilenet_config(tmp_path, backbone_weights="nowhere.weights.h5")
+    with pytest.raises(FileNotFoundError, match="no such file exists"):
+        training.build_backbone(missing, (32, 32, 3))
+
+
+@slow_on_jax
+def test_imagenet_weights_are_keras_own_download(tmp_path, monkeypatch):
+    calls = []
+    real = keras.applications.MobileNetV2
+
+    @functools.wraps(real)  # Its signature: `alpha` is accepted.
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**{**kwargs, "weights": None})
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", spy)
+    config = small_mobilenet_config(tmp_path, backbone_weights="imagenet")
+    config.validate()
+    training.build_backbone(config, (32, 32, 3))
+    assert calls == [
+        dict(
+            include_top=False,
+            weights="imagenet",
+            pooling="avg",
+            input_shape=(32, 32, 3),
+            alpha=0.35,
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(backbone="MobileNetv2"), r"Did you mean \['MobileNetV2', "),
+        (dict(backbone="ResNet50", backbone_alpha=0.5), "has no `alpha`"),
+        (dict(backbone="MobileNetV2", backbone_alpha=0), "a positive number"),
+        (dict(backbone_weights="imagenet"), "for keras.applications backbones"),
+        (dict(peer_initialization="pretrained"), "`peer_initialization` must be"),
+        (dict(peer_perturbation=0.1), "0 unless peer_initialization='backbone'"),
+    ],
+)
+def test_bad_finetuning_options_raise_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**overrides).validate()
+
+
+@pytest.mark.parametrize(
+    "name", ["MobileNetV2", "ResNet50", "DenseNet121", "VGG16", "Xception"]
+)
+def test_application_preprocessing_is_the_familys_preprocess_input(name):
+    import importlib
+
+    from keras_pcl.training import applications
+
+    constructor = getattr(keras.applications, name)
+    module = importlib.import_module(constructor.__module__)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    layer = applications.application_preprocessing(name)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(images)),
+        keras.ops.convert_to_numpy(module.preprocess_input(images.copy())),
+        atol=2e-4,
+    )
+    # A layer of the model: it reloads from its config (safe mode).
+    config = keras.saving.serialize_keras_object(layer)
+    assert type(keras.saving.deserialize_keras_object(config)) is type(layer)
+
+
+def test_backbones_with_their_own_preprocessing_get_none(tmp_path):
+    from keras_pcl.training import applications
+
+    for name in ("EfficientNetB0", "ConvNeXtTiny", "MobileNetV3Small"):
+        assert applications.application_preprocessing(name) is None, name
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    own = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    config = training.TrainConfig(backbone="resnet8")
+    assert training.model_preprocessing(config, own, splits=None) is None
+
+
+def test_a_workdir_written_before_new_fields_existed_still_resumes(tmp_path):
+    config = training.TrainConfig(workdir=str(tmp_path))
+    (tmp_path / "backup").mkdir()
+    old = resume._jsonable(dataclasses.asdict(config))
+    for key in ("method", "peer_initialization", "backbone_weights", "split_at"):
+        del old[key]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    resume.check_workdir_config(config)  # No "another configuration" error.

@@ -4,19 +4,25 @@
 method of `keras_pcl.methods`: `TrainConfig(method="dml")`), the paper's
 optimiser and schedule, resumable `fit`, the best peer exported.
 `cifar_config()` and `imagenet_config()` return the paper's recipes (spec
-section 7); scripts override single fields.
+section 7), `finetune_config()` the fine-tuning of a pretrained
+keras.applications backbone; scripts override single fields.
 
 One job per module:
 
 * `config`: `TrainConfig` (each field's default, help and choices in one
   place), the recipes, the absl flags of the scripts, `build_backbone_fn`;
+* `applications`: keras.applications backbones, their weights files and
+  their `preprocess_input` as a layer;
 * `distribution`: `make_distribution`, `Distribution`, mixed precision,
   and restoring the process-wide state that training changes;
 * `data`: `load_data`, the resumable `training_stream`, normalisation
   statistics and in-model augmentation;
 * `resume`: the restore-once `BackupAndRestore`, the plan of `fit` calls
   from a restored step, the workdir's configuration check;
-* `job`: `train`, built from the small functions of the others.
+* `job`: `train`, built from the small functions of the others;
+* `evaluation`: scoring a trained network (`.keras`, SavedModel, ONNX) on
+  a dataset split: top-1, top-5, the confusion matrix (`keras-pcl
+  evaluate`).
 
 Resuming after a crash: `keras.callbacks.BackupAndRestore` writes the
 model's weights (students, mean teachers, step counter, best-peer record,
@@ -39,6 +45,7 @@ from keras_pcl.training.config import build_backbone_fn
 from keras_pcl.training.config import cifar_config
 from keras_pcl.training.config import config_from_flags
 from keras_pcl.training.config import define_flags
+from keras_pcl.training.config import finetune_config
 from keras_pcl.training.config import imagenet_config
 from keras_pcl.training.data import in_model_augmentation
 from keras_pcl.training.data import load_data
@@ -51,6 +58,7 @@ from keras_pcl.training.distribution import set_mixed_precision
 from keras_pcl.training.job import build_backbone
 from keras_pcl.training.job import build_model
 from keras_pcl.training.job import compile_model
+from keras_pcl.training.job import model_preprocessing
 from keras_pcl.training.job import train
 
 __all__ = [
@@ -67,11 +75,13 @@ __all__ = [
     "compile_model",
     "config_from_flags",
     "define_flags",
+    "finetune_config",
     "global_state_restored",
     "imagenet_config",
     "in_model_augmentation",
     "load_data",
     "make_distribution",
+    "model_preprocessing",
     "preprocessing_statistics",
     "set_mixed_precision",
     "train",

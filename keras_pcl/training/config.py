@@ -10,6 +10,7 @@ validated, so that `keras-pcl --help` starts quickly and quietly.
 """
 
 import dataclasses
+import difflib
 import re
 import textwrap
 
@@ -31,6 +32,13 @@ def export_formats():
     from keras_pcl.export import FORMATS
 
     return FORMATS + ("none",)
+
+
+def peer_initializations():
+    """`keras_pcl.multi_branch.PEER_INITIALIZATIONS` (imports Keras on call)."""
+    from keras_pcl.multi_branch import PEER_INITIALIZATIONS
+
+    return PEER_INITIALIZATIONS
 
 
 def _field(default, help, choices=None, item_type=None):
@@ -68,8 +76,41 @@ class TrainConfig:
     )
     backbone: str = _field(
         "resnet32",
-        "A name of `keras_pcl.backbones.names()`, or `resnetD` for any CIFAR "
-        "ResNet depth D = 6n + 2 (e.g. `resnet8`).",
+        "A name of `keras_pcl.backbones.names()`, `resnetD` for any CIFAR "
+        "ResNet depth D = 6n + 2 (e.g. `resnet8`), or a keras.applications "
+        "name (`MobileNetV2`, `EfficientNetB0`, `ResNet50`, ...: built with "
+        "include_top=False, pooling='avg' at the images' size, and their "
+        "family's `preprocess_input` scaling).",
+    )
+    backbone_weights: str = _field(
+        None,
+        "Weights to start the backbone from: a `.weights.h5` file of the same "
+        "architecture (`backbone.save_weights(...)`), or `imagenet` for a "
+        "keras.applications backbone (Keras downloads them). None: random.",
+    )
+    backbone_alpha: float = _field(
+        None,
+        "Width multiplier `alpha` of the keras.applications MobileNet "
+        "families (None: their default, 1.0).",
+    )
+    split_at: str = _field(
+        None,
+        "Layer that ends the shared trunk (None: the backbone's default, or "
+        "`keras_pcl.splitting.recommended_split` for keras.applications).",
+    )
+    peer_initialization: str = _field(
+        "fresh",
+        "`fresh`: every peer its own random initialisation (the paper); "
+        "`backbone`: every peer (and mean teacher) starts from the backbone's "
+        "weights, for fine-tuning with --backbone_weights (the classifiers "
+        "are fresh).",
+        choices=peer_initializations,
+    )
+    peer_perturbation: float = _field(
+        0.0,
+        "With peer_initialization=backbone: Gaussian noise added to each "
+        "peer's kernels, relative to the kernel's std, so that the peers "
+        "differ (0: identical copies).",
     )
     num_peers: int = _field(3, "Peers m (branches or networks of a baseline).")
     epochs: int = _field(300, "Training epochs.")
@@ -203,6 +244,46 @@ class TrainConfig:
                 "draws one view per peer)",
             )
         build_backbone_fn(self.backbone)  # Raises for an unknown name.
+        self._validate_backbone_options()
+
+    def _validate_backbone_options(self):
+        from keras_pcl.training import applications
+
+        application = applications.is_application(self.backbone)
+        if self.backbone_alpha is not None:
+            validation.check(
+                application and applications.takes_alpha(self.backbone),
+                "backbone_alpha",
+                self.backbone_alpha,
+                "None unless the backbone is a keras.applications MobileNet "
+                f"(backbone={self.backbone!r} has no `alpha`)",
+            )
+            validation.check_number(
+                "backbone_alpha",
+                self.backbone_alpha,
+                "a positive number",
+                lambda v: v > 0,
+            )
+        if self.backbone_weights == "imagenet":
+            validation.check(
+                application,
+                "backbone_weights",
+                self.backbone_weights,
+                "the path of a weights file; 'imagenet' is for "
+                f"keras.applications backbones only (backbone={self.backbone!r})",
+            )
+        validation.check_number(
+            "peer_perturbation",
+            self.peer_perturbation,
+            "a number >= 0",
+            lambda v: v >= 0,
+        )
+        validation.check(
+            not self.peer_perturbation or self.peer_initialization == "backbone",
+            "peer_perturbation",
+            self.peer_perturbation,
+            "0 unless peer_initialization='backbone' (fresh peers differ already)",
+        )
 
 
 def _docstring():
@@ -327,9 +408,39 @@ def imagenet_config(**overrides):
     return TrainConfig(**config)
 
 
+def finetune_config(**overrides):
+    """Fine-tuning a pretrained keras.applications backbone on an image folder.
+
+    MobileNetV2 at 224x224, every peer starting from the backbone's weights
+    (`backbone_weights`: a `.weights.h5` file, or `"imagenet"`), a learning
+    rate of 0.01 (a tenth of the paper's, so as not to wash the pretrained
+    features out) for 30 epochs, divided by 10 at epochs 20 and 25, weight
+    decay 1e-4, a 5-epoch ramp-up, batch 64.
+    """
+    config = dict(
+        backbone="MobileNetV2",
+        image_size=(224, 224),
+        peer_initialization="backbone",
+        epochs=30,
+        batch_size=64,
+        lr=0.01,
+        lr_decay_epochs=(20, 25),
+        weight_decay=1e-4,
+        rampup_epochs=5.0,
+    )
+    config.update(overrides)
+    return TrainConfig(**config)
+
+
 def build_backbone_fn(name):
-    """A function `(**kwargs) -> backbone` for a built-in name or `resnetD`."""
+    """A function `(**kwargs) -> backbone` for a name of `TrainConfig.backbone`.
+
+    A built-in name, `resnetD`, or a keras.applications name (whose
+    function also takes `weights` and `alpha`, see
+    `keras_pcl.training.applications.build_application`).
+    """
     from keras_pcl import backbones
+    from keras_pcl.training import applications
 
     if name in backbones.names():
         return lambda **kwargs: backbones.get(name, **kwargs)
@@ -337,8 +448,14 @@ def build_backbone_fn(name):
     if match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8:
         depth = int(match.group(1))
         return lambda **kwargs: backbones.CIFARResNet(depth=depth, **kwargs)
+    if applications.is_application(name):
+        return lambda **kwargs: applications.build_application(name, **kwargs)
+    known = list(backbones.names()) + applications.application_names()
+    close = difflib.get_close_matches(str(name), known, n=3)
     validation.raise_invalid(
         "backbone",
         name,
-        f"one of {backbones.names()} or 'resnetD' with D = 6n + 2 (e.g. 'resnet8')",
+        f"one of {backbones.names()}, 'resnetD' with D = 6n + 2 (e.g. "
+        "'resnet8') or a keras.applications name (e.g. 'MobileNetV2')",
+        hint=f"Did you mean {close}?" if close else "",
     )

@@ -57,8 +57,6 @@ def train(config, callbacks=()):
             configuration, or a global batch that the replicas cannot
             split evenly.
     """
-    from keras_pcl.data import normalization_layer
-
     config.validate()
     os.makedirs(config.workdir, exist_ok=True)
     check_workdir_config(config)
@@ -66,14 +64,14 @@ def train(config, callbacks=()):
         distribution = set_up_process(config)
         run = prepare_data(config)
         with distribution.scope():
+            backbone = build_backbone(config, run.image_shape)
             model = build_model(
                 config,
                 run.image_shape,
                 run.num_classes,
                 run.steps_per_epoch,
-                preprocessing=normalization_layer(
-                    preprocessing_statistics(config, run.splits)
-                ),
+                preprocessing=model_preprocessing(config, backbone, run.splits),
+                backbone=backbone,
             )
             compile_model(model, config, run.steps_per_epoch)
         paths = workdir_paths(config)
@@ -166,24 +164,78 @@ def prepare_data(config):
 
 
 def build_backbone(config, image_shape):
-    """A fresh `config.backbone` for `image_shape`, with the weight decay."""
+    """`config.backbone` for `image_shape`, with the weight decay.
+
+    A keras.applications backbone is built with `include_top=False,
+    pooling="avg"` (and `config.backbone_alpha`); `config.backbone_weights`
+    is then loaded (`"imagenet"`: Keras' download, at construction).
+
+    Raises:
+        FileNotFoundError: `config.backbone_weights` is not a file.
+        ValueError: it holds the weights of another architecture.
+    """
+    from keras_pcl.training import applications
+
     regularizer = None
     if config.weight_decay:
         # PyTorch's SGD `weight_decay` adds `wd * w` to the gradient, which is
         # the gradient of `wd / 2 * |w|^2`.
         regularizer = keras.regularizers.L2(config.weight_decay / 2)
-    return build_backbone_fn(config.backbone)(
-        input_shape=image_shape, kernel_regularizer=regularizer
-    )
+    kwargs = dict(input_shape=image_shape, kernel_regularizer=regularizer)
+    weights = config.backbone_weights
+    if applications.is_application(config.backbone):
+        kwargs.update(
+            weights="imagenet" if weights == "imagenet" else None,
+            alpha=config.backbone_alpha,
+        )
+    backbone = build_backbone_fn(config.backbone)(**kwargs)
+    if weights and weights != "imagenet":
+        applications.load_backbone_weights(backbone, weights, config.backbone)
+    return backbone
 
 
-def build_model(config, image_shape, num_classes, steps_per_epoch, preprocessing=None):
-    """The uncompiled model of `config.method` around a fresh backbone.
+def model_preprocessing(config, backbone, splits):
+    """The model's `preprocessing` layer for `backbone`, or None.
+
+    * None for a backbone that begins with its own `Rescaling` or
+      `Normalization` (EfficientNet, ConvNeXt, MobileNetV3, ...): it reads
+      raw pixels, and the model adds nothing in front of it;
+    * for the other keras.applications backbones, their family's
+      `preprocess_input` as a layer (MobileNetV2: [0, 255] -> [-1, 1];
+      ResNet50: BGR minus the ImageNet mean), the inputs their pretrained
+      weights expect, with or without `backbone_weights`;
+    * else the per-channel standardisation of the dataset (published
+      CIFAR and ImageNet statistics, or measured on the training split).
+    """
+    from keras_pcl.data import normalization_layer
+    from keras_pcl.splitting import own_preprocessing
+    from keras_pcl.training import applications
+
+    if own_preprocessing(backbone) is not None:
+        return None
+    if applications.is_application(config.backbone):
+        layer = applications.application_preprocessing(config.backbone)
+        if layer is not None:
+            return layer
+    return normalization_layer(preprocessing_statistics(config, splits))
+
+
+def build_model(
+    config,
+    image_shape,
+    num_classes,
+    steps_per_epoch,
+    preprocessing=None,
+    backbone=None,
+):
+    """The uncompiled model of `config.method` around `config.backbone`.
 
     Every method gets the same settings through
     `keras_pcl.methods.build_method` (which leaves out those a method does
     not have): peers, augmentation, temperature, mean-teacher decay,
-    consistency weight and its ramp-up (`config.rampup_epochs` in steps).
+    consistency weight and its ramp-up (`config.rampup_epochs` in steps),
+    the split and how the peers start (`config.split_at`,
+    `config.peer_initialization`, `config.peer_perturbation`).
 
     Args:
         config: a `TrainConfig`.
@@ -191,11 +243,16 @@ def build_model(config, image_shape, num_classes, steps_per_epoch, preprocessing
         num_classes: number of classes.
         steps_per_epoch: training steps per epoch (for the ramp-up).
         preprocessing: the model's preprocessing layer (None: the method's
-            default, a rescaling to [0, 1]).
+            default, a rescaling to [0, 1], or nothing for a backbone with
+            its own; see `model_preprocessing`).
+        backbone: the backbone (default: `build_backbone(config,
+            image_shape)`).
     """
+    if backbone is None:
+        backbone = build_backbone(config, image_shape)
     return methods.build_method(
         config.method,
-        build_backbone(config, image_shape),
+        backbone,
         num_classes,
         num_peers=config.num_peers,
         augmentation=in_model_augmentation(config, image_shape),
@@ -204,6 +261,9 @@ def build_model(config, image_shape, num_classes, steps_per_epoch, preprocessing
         ema_decay=config.ema_decay,
         consistency_weight=config.consistency_weight,
         rampup_steps=int(round(config.rampup_epochs * steps_per_epoch)),
+        split_at=config.split_at,
+        peer_initialization=config.peer_initialization,
+        peer_perturbation=config.peer_perturbation,
     )
 
 

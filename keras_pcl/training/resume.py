@@ -101,7 +101,10 @@ def check_workdir_config(config):
     if os.path.exists(path) and os.path.isdir(os.path.join(config.workdir, "backup")):
         with open(path) as f:
             previous = json.load(f)
-        previous.setdefault("method", "pcl")  # Written before `method` existed.
+        # Fields added since that run was written have their defaults.
+        defaults = _jsonable(dataclasses.asdict(type(config)()))
+        for key, value in defaults.items():
+            previous.setdefault(key, value)
         changed = sorted(
             key
             for key in set(current) | set(previous)
