@@ -180,6 +180,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         ]
         for student, teacher in zip(self._students(), self._mean_teachers()):
             teacher.set_weights(student.get_weights())
+        self._fuse(self.mean_teacher_trunk)
         # The EMA runs over the student's parameters as built (trainable
         # variables now): a layer frozen later for fine-tuning still enters
         # the average, so its mean teacher converges to it (spec section 4).

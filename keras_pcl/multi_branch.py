@@ -24,10 +24,13 @@ forward pass of every branch), `_loss_terms` (a function from
 attributes describe its structure.
 """
 
+import warnings
+
 import keras
 from keras import ops
 
 from keras_pcl import _compat
+from keras_pcl import fusion
 from keras_pcl.deployment import BestPeer  # noqa: F401 (public name, kept here)
 from keras_pcl.deployment import PeerDeployment
 from keras_pcl.deployment import clone_layer  # noqa: F401 (public name)
@@ -39,6 +42,7 @@ from keras_pcl.splitting import own_preprocessing
 from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
+from keras_pcl.validation import check
 from keras_pcl.validation import check_bool  # noqa: F401 (used by subclasses)
 from keras_pcl.validation import check_choice
 from keras_pcl.validation import check_int
@@ -100,6 +104,14 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             `"backbone"`: every peer starts from the backbone's own weights
             of those layers (fine-tuning a pretrained backbone); the
             classifiers are always fresh.
+        fuse_views: `"auto"` (default): in training, run the peers' views
+            through a network they share (PCL's trunk and mean-teacher
+            trunk) as one batch, with batch-norm statistics per view: the
+            same numbers as one pass per view, in fewer, larger operations
+            (`keras_pcl.fusion`). A network with a layer that mixes the
+            examples of a batch keeps one pass per view, with a warning that
+            names the layer. True: fuse or raise; False: never fuse.
+            Deployed networks and saved files are plain Keras either way.
         peer_perturbation: float >= 0; with `peer_initialization="backbone"`,
             Gaussian noise of this standard deviation, relative to each
             kernel's own standard deviation, is added to every peer's kernels
@@ -139,6 +151,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         deploy_peer=0,
         peer_initialization="fresh",
         peer_perturbation=0.0,
+        fuse_views="auto",
         views_per_peer=None,
         **kwargs,
     ):
@@ -170,6 +183,12 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "differ already). Received: peer_perturbation="
                 f"{peer_perturbation!r}, peer_initialization={peer_initialization!r}"
             )
+        check(
+            fuse_views in ("auto", True, False),
+            "fuse_views",
+            fuse_views,
+            "'auto', True or False",
+        )
         check_backbone(backbone)
         trunk, head, split_at = self._split(backbone, split_at)
         image_shape = tuple(backbone.inputs[0].shape[1:])
@@ -229,6 +248,11 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         self._create_peer_record(deploy_peer)
         self._create_trackers()
         object.__setattr__(self, "_inference_memo", None)
+        self.fuse_views = fuse_views
+        # Training-time substitutes (`keras_pcl.fusion`), untracked: they
+        # share the networks' variables and are never saved or exported.
+        object.__setattr__(self, "_fused", {})
+        self._fuse(self.trunk)
         self.built = True
 
     def _new_peer_head(self, name):
@@ -244,6 +268,34 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                     noise = keras.random.normal(variable.shape, dtype=variable.dtype)
                     variable.assign(variable + scale * noise)
         return head
+
+    def _fuse(self, network):
+        """Runs `network` on all views as one batch in training, if exact.
+
+        See `keras_pcl.fusion`: the `num_peers` views go through `network`
+        as one batch with batch-norm statistics per view, which gives the
+        same values, gradients and moving statistics as one pass per view.
+        A network with a layer that mixes the examples of a batch (or draws
+        random numbers) keeps one pass per view, with a warning saying why;
+        `fuse_views=True` makes that an error, `False` never fuses.
+        """
+        if network is None or self.fuse_views is False:
+            return
+        fusable, reason = fusion.fusable(network)
+        if fusable:
+            self._fused[id(network)] = fusion.ViewBatchedNetwork(
+                network, self.num_peers
+            )
+            return
+        message = (
+            f"{type(self).__name__}: '{network.name}' runs once per peer "
+            f"view, not as one batch: {reason}"
+        )
+        if self.fuse_views is True:
+            raise ValueError(
+                f"{message} Pass fuse_views='auto' or False. Received: fuse_views=True"
+            )
+        warnings.warn(message, stacklevel=3)
 
     def _split(self, backbone, split_at):
         """`(trunk, head, split_at)`: the backbone cut for this method."""
@@ -436,6 +488,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         once per peer, as in the spec); in inference a view that repeats is
         computed once.
         """
+        if training and id(network) in self._fused:
+            return self._fused[id(network)](views, training=True)
         return [self._apply(network, view, training) for view in views]
 
     def _peer_features(self, views, training):
@@ -592,6 +646,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "deploy_peer": self._deploy_peer,
                 "peer_initialization": self.peer_initialization,
                 "peer_perturbation": self.peer_perturbation,
+                "fuse_views": self.fuse_views,
             }
         )
         for key in self.fixed_arguments:
