@@ -5,6 +5,9 @@
     python examples/train_cifar.py --strategy=tpu --steps_per_execution=64 \
         --mixed_precision=bfloat16 --download                        # Colab TPU
     python examples/train_cifar.py --method=dml --workdir=runs/dml   # a baseline
+    KERAS_BACKEND=jax python examples/train_cifar.py --workdir=/shared/c10 \
+        --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
+                                     # on each host, its own id (docs/howto.md)
 
 Defaults reproduce spec section 7: ResNet-32, m=3, SGD with Nesterov
 momentum 0.9, weight decay 5e-4, batch 128, learning rate 0.1 divided by 10

@@ -374,3 +374,128 @@ def test_a_workdir_written_before_new_fields_existed_still_resumes(tmp_path):
     with open(tmp_path / "config.json", "w") as f:
         json.dump(old, f)
     resume.check_workdir_config(config)  # No "another configuration" error.
+
+
+# ---------------------------------------------------------------------------
+# Several processes: the cluster description and the engines that refuse it
+# (the two-process runs themselves are in tests/multi_process_test.py).
+# ---------------------------------------------------------------------------
+
+CLUSTER_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+    "TF_CONFIG",
+)
+
+
+@pytest.fixture
+def no_cluster_variables(monkeypatch):
+    for name in CLUSTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(num_processes=2), r"`num_processes=2` needs `coordinator_address`"),
+        (
+            dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=2),
+            r"`process_id` must be in \[0, num_processes\) = \[0, 2\)",
+        ),
+        (
+            dict(coordinator_address="10.0.0.1:1234", num_processes=2),
+            r"`process_id` is missing",
+        ),
+        (dict(coordinator_address="10.0.0.1:1234"), r"but `num_processes` is 1"),
+        (
+            dict(coordinator_address="10.0.0.1", num_processes=2, process_id=0),
+            r"`coordinator_address` must be HOST:PORT",
+        ),
+        (dict(num_processes=0), r"`num_processes` must be an int >= 1"),
+        (dict(process_id=1), r"a single process is process 0"),
+    ],
+)
+def test_a_partial_or_inconsistent_cluster_is_refused(
+    fields, message, no_cluster_variables
+):
+    with pytest.raises(ValueError, match=message) as error:
+        training.TrainConfig(**fields).validate()
+    assert "Received: " in str(error.value)
+
+
+def test_the_cluster_comes_from_the_fields_then_keras_variables(no_cluster_variables):
+    from keras_pcl.training import cluster
+
+    assert not cluster.cluster_from_config(training.TrainConfig()).multi_process
+    no_cluster_variables.setenv(
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234,10.0.0.2:2345"
+    )
+    no_cluster_variables.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "1")
+    assert cluster.cluster_from_config(training.TrainConfig()) == cluster.Cluster(
+        "10.0.0.1:1234", 2, 1
+    )
+    # A field overrides its variable.
+    config = training.TrainConfig(process_id=0)
+    assert cluster.cluster_from_config(config).process_id == 0
+    no_cluster_variables.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "one")
+    with pytest.raises(ValueError, match="`KERAS_DISTRIBUTION_PROCESS_ID` must be"):
+        training.TrainConfig().validate()
+    # `auto`: JAX finds the processes (TPU pod slice, SLURM, Open MPI).
+    auto = cluster.cluster_from_config(
+        training.TrainConfig(coordinator_address="auto", process_id=0)
+    )
+    assert auto.multi_process and auto.num_processes is None
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax", reason="JAX would join the cluster"
+)
+def test_several_processes_are_refused_off_jax_naming_why(
+    tmp_path, no_cluster_variables
+):
+    config = training.TrainConfig(
+        dataset=str(tmp_path),
+        workdir=str(tmp_path / "w"),
+        coordinator_address="127.0.0.1:1234",
+        num_processes=2,
+        process_id=0,
+    )
+    expected = {
+        "tensorflow": r"MultiWorkerMirroredStrategy .*keras-team/keras/issues/20585",
+        "torch": r"no distribution backend for torch",
+    }[keras.backend.backend()]
+    with pytest.raises(ValueError, match=expected) as error:
+        training.train(config)
+    assert "KERAS_BACKEND=jax" in str(error.value)
+    assert str(error.value).endswith("process_id=0")
+    assert not (tmp_path / "w").exists()  # Refused before anything is written.
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="TF_CONFIG is TensorFlow's"
+)
+def test_tf_config_with_several_workers_is_refused(no_cluster_variables):
+    cluster = {"worker": ["127.0.0.1:1234", "127.0.0.1:1235"]}
+    no_cluster_variables.setenv(
+        "TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker"}})
+    )
+    with pytest.raises(
+        ValueError, match="issues/20585.*Received: TF_CONFIG with 2 workers"
+    ):
+        training.make_distribution("auto")
+
+
+def test_global_batch_must_split_evenly_over_every_process_device(
+    tmp_path, monkeypatch
+):
+    four = training.Distribution("auto", 4, num_processes=2)
+    monkeypatch.setattr(training.job, "make_distribution", lambda name: four)
+    config = training.TrainConfig(
+        dataset=str(tmp_path), batch_size=6, workdir=str(tmp_path / "w")
+    )
+    with pytest.raises(
+        ValueError, match=r"divisible by the 4 replicas .* on 2 processes.*=6$"
+    ):
+        training.train(config)

@@ -15,7 +15,11 @@ One job per module:
   their `preprocess_input` as a layer;
 * `distribution`: `make_distribution`, `Distribution`, mixed precision,
   and restoring the process-wide state that training changes;
-* `data`: `load_data`, the resumable `training_stream`, normalisation
+* `cluster`: several processes or hosts (JAX): the cluster description
+  (`coordinator_address`, `num_processes`, `process_id`), joining it, the
+  one writer; why TensorFlow and torch refuse;
+* `data`: `load_data`, the resumable `training_stream` (this process's
+  part of it), the evenly batched validation set, normalisation
   statistics and in-model augmentation;
 * `resume`: the restore-once `BackupAndRestore`, the plan of `fit` calls
   from a restored step, the workdir's configuration check;
@@ -51,6 +55,7 @@ from keras_pcl.training.data import in_model_augmentation
 from keras_pcl.training.data import load_data
 from keras_pcl.training.data import preprocessing_statistics
 from keras_pcl.training.data import training_stream
+from keras_pcl.training.data import validation_batches
 from keras_pcl.training.distribution import Distribution
 from keras_pcl.training.distribution import global_state_restored
 from keras_pcl.training.distribution import make_distribution
@@ -86,4 +91,5 @@ __all__ = [
     "set_mixed_precision",
     "train",
     "training_stream",
+    "validation_batches",
 ]

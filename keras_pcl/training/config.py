@@ -114,7 +114,9 @@ class TrainConfig:
     )
     num_peers: int = _field(3, "Peers m (branches or networks of a baseline).")
     epochs: int = _field(300, "Training epochs.")
-    batch_size: int = _field(128, "Global batch size (split over replicas).")
+    batch_size: int = _field(
+        128, "Global batch size (split over replicas, and over processes)."
+    )
     lr: float = _field(0.1, "Initial learning rate.")
     lr_decay_epochs: tuple = _field(
         (150, 225),
@@ -163,8 +165,28 @@ class TrainConfig:
     )
     strategy: str = _field(
         "auto",
-        "Distribution: `auto`, `cpu`, `gpu`, `mirrored` (all local GPUs) or `tpu`.",
+        "Distribution: `auto`, `cpu`, `gpu`, `mirrored` (all local GPUs) or "
+        "`tpu`; with several processes (JAX), every device of every process.",
         choices=STRATEGIES,
+    )
+    coordinator_address: str = _field(
+        None,
+        "Several processes (JAX): HOST:PORT of process 0, the same on every "
+        "process (e.g. `10.0.0.1:1234`), or `auto` to let JAX find the "
+        "cluster (Cloud TPU pod slices, SLURM, Open MPI). None: "
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES, else a single process.",
+    )
+    num_processes: int = _field(
+        None,
+        "Several processes: how many (the same on every process). None: "
+        "KERAS_DISTRIBUTION_NUM_PROCESSES, else 1 (or found with "
+        "coordinator_address=auto).",
+    )
+    process_id: int = _field(
+        None,
+        "Several processes: this process's id in [0, num_processes); 0 "
+        "writes the workdir. None: KERAS_DISTRIBUTION_PROCESS_ID, else 0 "
+        "(or found with coordinator_address=auto).",
     )
     mixed_precision: str = _field(
         "none",
@@ -180,7 +202,8 @@ class TrainConfig:
     workdir: str = _field(
         "pcl_workdir",
         "Where backups, TensorBoard logs, the best peer, the final model and "
-        "the export go.",
+        "the export go. Several hosts: a folder on a file system they share "
+        "(process 0 writes, every process resumes from it).",
     )
     save_freq: int = _field(
         500, "Back up every this many steps (0: at the end of every epoch)."
@@ -243,6 +266,9 @@ class TrainConfig:
                 f"False for method={self.method!r} (one network: the host "
                 "draws one view per peer)",
             )
+        from keras_pcl.training.cluster import cluster_from_config
+
+        cluster_from_config(self)  # Raises for a partial or inconsistent one.
         build_backbone_fn(self.backbone)  # Raises for an unknown name.
         self._validate_backbone_options()
 

@@ -50,7 +50,9 @@ def load_data(config):
     )
 
 
-def training_stream(examples, config, steps_per_epoch):
+def training_stream(
+    examples, config, steps_per_epoch, num_processes=1, process_index=0
+):
     """All training batches of all epochs, as a function of position only.
 
     Epoch `e` shuffles `examples` with a seed made of `config.seed` and `e`
@@ -59,6 +61,12 @@ def training_stream(examples, config, steps_per_epoch):
     yields exactly the batches an uninterrupted run trains on after step
     `n`. (A `shuffle(reshuffle_each_iteration=True)` pipeline depends on how
     often the dataset was iterated before, which a restart changes.)
+
+    With several processes, process `i` of `P` yields rows
+    `[i * B / P, (i + 1) * B / P)` of every global batch of `B =
+    config.batch_size` (the same order, the same views): it gathers and
+    augments only its own examples, the processes' parts are disjoint and
+    together they are the single-process stream.
     """
     import tensorflow as tf
 
@@ -77,6 +85,8 @@ def training_stream(examples, config, steps_per_epoch):
     elif config.host_augmentation:
         view_fn = data.view_function("default")
     batch_size = config.batch_size
+    local_size = batch_size // num_processes
+    begin = process_index * local_size
 
     def epoch_batches(epoch):
         seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
@@ -85,11 +95,11 @@ def training_stream(examples, config, steps_per_epoch):
         )
         indices = tf.data.Dataset.from_tensor_slices(order)
         if view_fn is None:
-            return (
-                indices.batch(batch_size, drop_remainder=True)
-                .take(steps_per_epoch)
-                .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
-            )
+            batches = indices.batch(batch_size, drop_remainder=True)
+            batches = batches.take(steps_per_epoch)
+            if num_processes > 1:
+                batches = batches.map(lambda i: i[begin : begin + local_size])
+            return batches.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
 
         def views(position, i):
             image = tf.gather(images, i)
@@ -103,14 +113,50 @@ def training_stream(examples, config, steps_per_epoch):
                 tf.gather(labels, i),
             )
 
-        return (
-            indices.take(steps_per_epoch * batch_size)
-            .enumerate()
-            .map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-        )
+        positions = indices.take(steps_per_epoch * batch_size).enumerate()
+        if num_processes > 1:  # Global positions: the views' seeds.
+            positions = positions.filter(
+                lambda position, i: tf.math.logical_and(
+                    position % batch_size >= begin,
+                    position % batch_size < begin + local_size,
+                )
+            )
+        return positions.map(
+            views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).batch(local_size, drop_remainder=True)
 
     return tf.data.Dataset.range(config.epochs).flat_map(epoch_batches)
+
+
+def validation_batches(examples, batch_size, distribution):
+    """The validation set in batches of the global `batch_size`, sharded.
+
+    One device: `examples.batch(batch_size)`, every example. Keras' JAX
+    trainer needs every batch divisible by the number of devices; with
+    several (JAX `DataParallel`, several processes) the last, smaller batch
+    keeps the largest multiple of the device count, so up to
+    `distribution.num_replicas - 1` examples are not scored, and each
+    process yields its `distribution.shard` of every batch. TensorFlow's
+    strategies split an uneven batch themselves: every example.
+    """
+    import keras
+    import tensorflow as tf
+
+    devices = distribution.num_replicas
+    if devices == 1 or keras.backend.backend() != "jax":
+        return examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    num_examples = int(examples.cardinality())
+    if num_examples < 0:  # Unknown (a pipeline of records): full batches only.
+        batches = examples.batch(batch_size, drop_remainder=True)
+    else:
+        full = num_examples // batch_size * batch_size
+        last = (num_examples - full) // devices * devices
+        batches = examples.take(full).batch(batch_size, drop_remainder=True)
+        if last:
+            batches = batches.concatenate(
+                examples.skip(full).take(last).batch(last, drop_remainder=True)
+            )
+    return distribution.shard(batches).prefetch(tf.data.AUTOTUNE)
 
 
 def in_model_augmentation(config, image_shape):

@@ -14,22 +14,59 @@ import keras
 
 from keras_pcl import _compat
 from keras_pcl import validation
+from keras_pcl.training import cluster
 from keras_pcl.training.config import MIXED_PRECISION
 from keras_pcl.training.config import STRATEGIES
 
 
 @dataclasses.dataclass
 class Distribution:
-    """Where training runs: a `scope()` to build the model in, and replicas."""
+    """Where training runs: a `scope()` to build the model in, and replicas.
+
+    `num_replicas` counts the devices of every process: the global batch
+    is split evenly over them. With several processes (JAX), each feeds
+    its `shard` of every global batch.
+    """
 
     name: str
     num_replicas: int
     strategy: object = None  # A `tf.distribute.Strategy` on TensorFlow.
+    num_processes: int = 1
+    process_index: int = 0
 
     def scope(self):
         if self.strategy is not None:
             return self.strategy.scope()
         return contextlib.nullcontext()
+
+    @property
+    def is_writer(self):
+        """Whether this process writes the workdir (process 0)."""
+        return self.process_index == 0
+
+    def shard(self, dataset):
+        """This process's part of every batch of `dataset` (batched `tf.data`).
+
+        Process `i` of `P` keeps rows `[i * n / P, (i + 1) * n / P)` of each
+        batch of `n` rows, and Keras' JAX trainer puts the parts back
+        together (`jax.make_array_from_process_local_data`) into the
+        global batch. One process: `dataset` itself. Every batch size must
+        be divisible by the number of processes.
+        """
+        if self.num_processes == 1:
+            return dataset
+        import tensorflow as tf
+
+        count, index = self.num_processes, self.process_index
+
+        def local_rows(*batch):
+            rows = tf.shape(tf.nest.flatten(batch)[0])[0] // count
+            part = tf.nest.map_structure(
+                lambda t: t[index * rows : (index + 1) * rows], batch
+            )
+            return part if len(part) > 1 else part[0]
+
+        return dataset.map(local_rows)
 
 
 def make_distribution(name="auto"):
@@ -42,6 +79,9 @@ def make_distribution(name="auto"):
       `TPUClusterResolver` (Colab, Cloud TPU VMs).
     * JAX: `keras.distribution.DataParallel` over all devices when there are
       several (`"auto"`, `"mirrored"`, `"gpu"`, `"tpu"`); `"cpu"` uses one.
+      In a JAX cluster (`keras_pcl.training.cluster.initialize` first),
+      the devices of every process, each process feeding its `shard` of
+      the data (`"cpu"` is refused there).
     * PyTorch: one device (`"auto"`, `"cpu"`, `"gpu"`); Keras' torch
       backend has no data-parallel `fit`.
 
@@ -53,7 +93,9 @@ def make_distribution(name="auto"):
 
     Raises:
         ValueError: an unknown name, a strategy the backend does not have,
-            or hardware that is not there (no TPU or GPU found).
+            hardware that is not there (no TPU or GPU found), or several
+            workers in `TF_CONFIG` on TensorFlow (see
+            `keras_pcl.training.cluster`).
     """
     validation.check_choice("strategy", name, STRATEGIES)
     backend = keras.backend.backend()
@@ -81,6 +123,14 @@ def make_distribution(name="auto"):
 
 def _tensorflow_distribution(name):
     import tensorflow as tf
+
+    workers = cluster.tf_config_workers()
+    if workers > 1 and name != "tpu":
+        raise ValueError(
+            cluster.tensorflow_multi_worker_message(
+                f"TF_CONFIG with {workers} workers, strategy={name!r}"
+            )
+        )
 
     gpus = tf.config.list_logical_devices("GPU")
     if name == "tpu":
@@ -124,6 +174,24 @@ def _jax_distribution(name):
             f"`strategy={name!r}`, but JAX runs on {platform} "
             f"({len(devices)} device(s)). Install the jax[{build}] "
             f"build or pick strategy='auto'. Received: strategy={name!r}"
+        )
+    count = jax.process_count()
+    if count > 1:
+        if name == "cpu":
+            raise ValueError(
+                f"`strategy='cpu'` trains on one device, but this is one of "
+                f"{count} processes training together: use strategy='auto' "
+                f"(the {len(devices)} devices of all processes). "
+                "Received: strategy='cpu'"
+            )
+        # Each process feeds its own part of every batch (`shard`); Keras'
+        # auto-sharding would split a last, smaller validation batch
+        # unevenly between the processes.
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
+        )
+        return Distribution(
+            name, len(devices), num_processes=count, process_index=jax.process_index()
         )
     if name == "cpu" or len(devices) == 1:
         return Distribution(name, 1)

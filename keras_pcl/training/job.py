@@ -12,12 +12,15 @@ import os
 import keras
 
 from keras_pcl import methods
+from keras_pcl.callbacks import BestPeerTracker
+from keras_pcl.training import cluster
 from keras_pcl.training.config import JIT_COMPILE
 from keras_pcl.training.config import build_backbone_fn
 from keras_pcl.training.data import in_model_augmentation
 from keras_pcl.training.data import load_data
 from keras_pcl.training.data import preprocessing_statistics
 from keras_pcl.training.data import training_stream
+from keras_pcl.training.data import validation_batches
 from keras_pcl.training.distribution import enable_op_determinism
 from keras_pcl.training.distribution import global_state_restored
 from keras_pcl.training.distribution import make_distribution
@@ -41,6 +44,16 @@ def train(config, callbacks=()):
     The dtype policy, the Keras distribution and TensorFlow's op
     determinism that `train` sets are restored when it returns or raises.
 
+    Several processes (JAX; `config.coordinator_address`,
+    `num_processes`, `process_id`, or Keras' `KERAS_DISTRIBUTION_*`
+    variables): every process runs `train` with the same configuration;
+    it joins the cluster first (`keras_pcl.training.cluster`; the JAX
+    distributed system then stays up for the life of the process), trains
+    on its part of every global batch, and process 0 alone writes the
+    workdir, which must be shared by every host: all of them restore from
+    its backup. Every process returns the same result (its `paths` name
+    what process 0 wrote).
+
     Args:
         config: a `TrainConfig`.
         callbacks: more Keras callbacks for `fit`, after the job's own.
@@ -54,15 +67,16 @@ def train(config, callbacks=()):
 
     Raises:
         ValueError: a bad field of `config`, a workdir written by another
-            configuration, or a global batch that the replicas cannot
-            split evenly.
+            configuration, a global batch that the replicas cannot split
+            evenly, or a multi-process run on a backend without one.
     """
     config.validate()
+    cluster.initialize(cluster.cluster_from_config(config))
     os.makedirs(config.workdir, exist_ok=True)
-    check_workdir_config(config)
+    check_workdir_config(config, writer=cluster.is_writer())
     with global_state_restored():
         distribution = set_up_process(config)
-        run = prepare_data(config)
+        run = prepare_data(config, distribution)
         with distribution.scope():
             backbone = build_backbone(config, run.image_shape)
             model = build_model(
@@ -75,12 +89,17 @@ def train(config, callbacks=()):
             )
             compile_model(model, config, run.steps_per_epoch)
         paths = workdir_paths(config)
-        backup = backup_callback(paths["backup"], config.save_freq)
+        writer = distribution.is_writer
+        backup = backup_callback(paths["backup"], config.save_freq, writer=writer)
         initial_step = restore_step(backup, model)
-        callbacks = job_callbacks(config, paths, backup) + list(callbacks)
-        history = fit(model, config, run, initial_step, callbacks)
-        model.save(paths["model"])
-        exported_peer, reason = export_deployed_peer(model, config, paths["export"])
+        callbacks = job_callbacks(config, paths, backup, writer) + list(callbacks)
+        history = fit(model, config, run, initial_step, callbacks, distribution)
+        with cluster.without_distribution():  # Process 0 writes alone.
+            if writer:
+                model.save(paths["model"])
+            exported_peer, reason = export_deployed_peer(
+                model, config, paths["export"], write=writer
+            )
     return {
         "history": history,
         "best_peer": model.best_peer,
@@ -104,11 +123,15 @@ def set_up_process(config):
     if config.deterministic:
         enable_op_determinism()
     distribution = make_distribution(config.strategy)
-    if config.batch_size % distribution.num_replicas:
+    replicas = distribution.num_replicas
+    if config.batch_size % replicas:
+        processes = distribution.num_processes
+        where = f" on {processes} processes" if processes > 1 else ""
         raise ValueError(
-            f"`batch_size` must be divisible by the {distribution.num_replicas} "
-            f"replicas of strategy={config.strategy!r} (it is the global "
-            f"batch). Received: batch_size={config.batch_size}"
+            f"`batch_size` must be divisible by the {replicas} replicas of "
+            f"strategy={config.strategy!r}{where} (it is the global batch, "
+            "split evenly over every device). "
+            f"Received: batch_size={config.batch_size}"
         )
     set_mixed_precision(config.mixed_precision, distribution)
     return distribution
@@ -126,22 +149,31 @@ class RunData:
     imagenet: bool  # ImageNet's own batched pipeline (no exact resume).
 
 
-def prepare_data(config):
+def prepare_data(config, distribution=None):
     """Loads the data; the steps per epoch, image shape and validation set.
+
+    The validation set comes in global batches, this process's `shard` of
+    each (`validation_batches`) for a `distribution` over several devices.
 
     Raises:
         ValueError: fewer training examples than one batch.
     """
+    from keras_pcl.training.distribution import Distribution
+
+    distribution = distribution or Distribution(config.strategy, 1)
     splits = load_data(config)
     imagenet = config.dataset == "imagenet2012"
+    validation = splits.validation
     if imagenet:
         steps_per_epoch = int(splits.train.cardinality())
-        validation = splits.validation
+        if validation is not None and distribution.num_replicas > 1:
+            validation = validation.unbatch()  # Re-batched evenly below.
+        else:
+            distribution = None  # The loader's own batches.
     else:
         steps_per_epoch = splits.num_train // config.batch_size
-        validation = None
-        if splits.validation is not None:
-            validation = splits.validation.batch(config.batch_size).prefetch(-1)
+    if validation is not None and distribution is not None:
+        validation = validation_batches(validation, config.batch_size, distribution)
     if config.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     if steps_per_epoch < 1:
@@ -296,27 +328,58 @@ def workdir_paths(config):
     }
 
 
-def job_callbacks(config, paths, backup):
-    """Best-peer tracking, the backup, TensorBoard and a stop on NaN."""
-    from keras_pcl.callbacks import BestPeerTracker
+def job_callbacks(config, paths, backup, writer=True):
+    """Best-peer tracking, the backup, TensorBoard and a stop on NaN.
 
-    return [
-        BestPeerTracker(filepath=paths["best_peer"], verbose=config.verbose),
-        backup,
-        keras.callbacks.TensorBoard(paths["logs"]),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    On processes other than 0 (`writer=False`), the best-peer record is
+    kept (it is part of the model's state) but neither written nor
+    printed, and there is no TensorBoard log.
+    """
+    tracker = _BestPeerTracker(
+        filepath=paths["best_peer"] if writer else None,
+        verbose=config.verbose if writer else 0,
+    )
+    logs = [keras.callbacks.TensorBoard(paths["logs"])] if writer else []
+    return [tracker, backup, *logs, keras.callbacks.TerminateOnNaN()]
 
 
-def fit(model, config, run, initial_step, callbacks):
-    """Trains from `initial_step` to the last epoch; the merged `fit` logs."""
+class _BestPeerTracker(BestPeerTracker):
+    """`BestPeerTracker` that copies the best peer outside the distribution.
+
+    Process 0 alone writes the best peer; the copy's variables must then be
+    its own, not placed on every process's devices (a collective that the
+    other processes never join). The model's record is updated on every
+    process, under its variables' own layouts.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with cluster.without_distribution():
+            super().on_epoch_end(epoch, logs)
+
+
+def fit(model, config, run, initial_step, callbacks, distribution=None):
+    """Trains from `initial_step` to the last epoch; the merged `fit` logs.
+
+    With several processes, each feeds its part of every global batch
+    (`distribution.shard`); only process 0 prints.
+    """
+    from keras_pcl.training.distribution import Distribution
+
+    distribution = distribution or Distribution(config.strategy, 1)
     if run.imagenet:
         # Reading ImageNet's records again up to the restored step would take
         # hours: a resumed run continues at the right step (weights,
-        # schedule, ramp-up) with a freshly shuffled pipeline.
-        stream = run.splits.train.repeat()
+        # schedule, ramp-up) with a freshly shuffled pipeline. Several
+        # processes each decode every global batch and keep their part.
+        stream = distribution.shard(run.splits.train.repeat())
     else:
-        stream = training_stream(run.splits.train, config, run.steps_per_epoch)
+        stream = training_stream(
+            run.splits.train,
+            config,
+            run.steps_per_epoch,
+            num_processes=distribution.num_processes,
+            process_index=distribution.process_index,
+        )
         stream = stream.skip(initial_step).prefetch(-1)
     history = {}
     batches = stream
@@ -330,7 +393,7 @@ def fit(model, config, run, initial_step, callbacks):
             steps_per_epoch=steps,
             validation_data=run.validation,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=config.verbose if distribution.is_writer else 0,
             shuffle=False,  # Every epoch of the stream is shuffled already.
         )
         for key, values in result.history.items():
@@ -342,8 +405,11 @@ def fit(model, config, run, initial_step, callbacks):
     return history
 
 
-def export_deployed_peer(model, config, path):
+def export_deployed_peer(model, config, path, write=True):
     """Exports the best peer (else `deploy_peer`) as `config.export_format`.
+
+    `write=False` (processes other than 0): the same answer, nothing
+    written or printed.
 
     Returns:
         `(peer index, reason)`; `(None, reason)` with `export_format="none"`.
@@ -367,6 +433,8 @@ def export_deployed_peer(model, config, path):
             "the model's deploy_peer was exported"
         )
     index = resolve_peer(model, peer)
+    if not write:
+        return index, reason
     model.export_peer(path, peer=peer, format=config.export_format, overwrite=True)
     if peer == "deploy" and config.verbose:
         print(f"Exported peer {index} to {path}: {reason}.", flush=True)

@@ -19,6 +19,7 @@ import os
 import keras
 
 from keras_pcl import _compat
+from keras_pcl.training import cluster
 
 # Fields that may change between a run and its resumption.
 RESUMABLE_FIELDS = (
@@ -29,6 +30,11 @@ RESUMABLE_FIELDS = (
     "save_freq",
     "data_dir",
     "download",
+    # The same global batches on any number of processes: a run may resume
+    # on another cluster (and every process has its own process_id).
+    "coordinator_address",
+    "num_processes",
+    "process_id",
 )
 
 
@@ -39,11 +45,29 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
     at the right epoch and batch. A restore inside a later `fit` would roll
     back the steps of the previous one, and the epoch that the parent class
     sets on the model would override `fit`'s `initial_epoch`.
+
+    With `writer=False` (processes other than 0 of a multi-process run) it
+    restores like the others but never writes: one process writes the
+    shared backup, and every process restores the same one. The writer
+    saves outside the Keras distribution: Keras' saving builds a reference
+    optimizer, whose variables would otherwise be placed on every process's
+    devices, a collective that the other processes never join.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, writer=True, **kwargs):
         super().__init__(*args, **kwargs)
         self._restored = False
+        self._writer = writer
+
+    def _save_model(self):
+        if not self._writer:
+            return
+        # The last step's results first: JAX runs steps asynchronously, and
+        # a step that failed (another process was lost) must raise before
+        # the backup file is opened, not halfway through writing it.
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        with cluster.without_distribution():
+            super()._save_model()
 
     def on_train_begin(self, logs=None):
         if self._restored:
@@ -53,10 +77,21 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
         _compat.clear_initial_epoch(self.model)  # `train` decides the epoch.
 
 
-def backup_callback(directory, save_freq):
-    """The backup callback of a run: every `save_freq` steps (0: per epoch)."""
+def backup_callback(directory, save_freq, writer=True):
+    """The backup callback of a run: every `save_freq` steps (0: per epoch).
+
+    `writer=False`: restores, never saves (see `_RestoreOnceBackup`). The
+    previous backup is kept beside the latest (Keras' `double_checkpoint`),
+    and restored if the latest is unreadable (a kill while writing it).
+    """
     return _RestoreOnceBackup(
-        directory, save_freq=save_freq or "epoch", delete_checkpoint=False
+        directory,
+        save_freq=save_freq or "epoch",
+        delete_checkpoint=False,
+        # Keeps the previous backup while writing the next: a process killed
+        # mid-write resumes from the previous one.
+        double_checkpoint=True,
+        writer=writer,
     )
 
 
@@ -88,8 +123,12 @@ def fit_plan(initial_step, steps_per_epoch, epochs):
     return fits
 
 
-def check_workdir_config(config):
+def check_workdir_config(config, writer=True):
     """Writes `config.json` in the workdir, refusing another run's backup.
+
+    Every process of a multi-process run checks; the `writer` (process 0)
+    writes, through a temporary file renamed into place, so that another
+    process never reads half a file.
 
     Raises:
         ValueError: `config.workdir` holds a backup of a run whose
@@ -120,8 +159,12 @@ def check_workdir_config(config):
                 "two. Use another --workdir, or delete this one to start "
                 f"over. Received: workdir={config.workdir!r}"
             )
-    with open(path, "w") as f:
+    if not writer:
+        return
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
         json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(temporary, path)
 
 
 def _jsonable(config):
