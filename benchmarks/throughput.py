@@ -97,6 +97,14 @@ flags.DEFINE_list(
     "vanilla, dml, kdcl, one, cl_ilr, okddip), or 'all'. 'baseline' is an "
     "old name of vanilla.",
 )
+flags.DEFINE_enum(
+    "fusion",
+    "both",
+    ["both", "fused", "separate"],
+    "PCL's views through the trunk as one batch (`fuse_views='auto'`, the "
+    "default), one pass per view (`fuse_views=False`, timed as "
+    "'pcl_separate'), or both, alternating.",
+)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("label", None, "Free-form label stored in the JSON.")
@@ -184,11 +192,15 @@ def build_model(name, keras, keras_pcl):
     """Method `name` of `keras_pcl/methods.py` on a fresh backbone, compiled."""
     from keras_pcl.methods import build_method
 
+    separate = name == "pcl_separate" or (
+        FLAGS.fusion == "separate" and name.startswith("pcl")
+    )
     model = build_method(
-        name,
+        "pcl" if name == "pcl_separate" else name,
         build_backbone(keras_pcl),
         num_classes=FLAGS.num_classes,
         num_peers=FLAGS.num_peers,
+        fuse_views=False if separate else "auto",
     )
     model.compile(
         optimizer=_optimizer(keras),
@@ -230,6 +242,8 @@ def main(argv):
         raise app.UsageError(
             f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
         )
+    if FLAGS.fusion == "both" and "pcl" in names:
+        names.insert(names.index("pcl") + 1, "pcl_separate")
     models = {name: build_model(name, keras, keras_pcl) for name in names}
     results = time_models(
         models, x, y, FLAGS.batch_size, steps, FLAGS.repeats, warmup_steps
@@ -263,6 +277,15 @@ def main(argv):
             if "pcl" in results and "vanilla" in results
             else None
         ),
+        "pcl_separate_images_per_sec": results.get("pcl_separate", {}).get(
+            "images_per_sec"
+        ),
+        "fused_speedup": (
+            results["pcl_separate"]["step_seconds"] / results["pcl"]["step_seconds"]
+            if "pcl" in results and "pcl_separate" in results
+            else None
+        ),
+        "fusion": FLAGS.fusion,
         "label": FLAGS.label,
         "steps": steps,
         "warmup_steps": warmup_steps,

@@ -29,6 +29,7 @@ MODULES = (
     "keras_pcl.views",
     "keras_pcl.deployment",
     "keras_pcl.validation",
+    "keras_pcl.fusion",
     "keras_pcl.methods",
     "keras_pcl.benchmark",
     "keras_pcl.training",

@@ -104,14 +104,16 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             `"backbone"`: every peer starts from the backbone's own weights
             of those layers (fine-tuning a pretrained backbone); the
             classifiers are always fresh.
-        fuse_views: `"auto"` (default): in training, run the peers' views
-            through a network they share (PCL's trunk and mean-teacher
-            trunk) as one batch, with batch-norm statistics per view: the
-            same numbers as one pass per view, in fewer, larger operations
-            (`keras_pcl.fusion`). A network with a layer that mixes the
-            examples of a batch keeps one pass per view, with a warning that
-            names the layer. True: fuse or raise; False: never fuse.
-            Deployed networks and saved files are plain Keras either way.
+        fuse_views: whether, in training, the peers' views go through a
+            network they share (PCL's trunk and mean-teacher trunk) as one
+            batch, with batch-norm statistics per view: the same numbers as
+            one pass per view, in fewer, larger operations
+            (`keras_pcl.fusion`). `"auto"` (default): on a GPU or TPU, where
+            exact; on CPU, where it measured slower, not. A network with a
+            layer that mixes the examples of a batch keeps one pass per
+            view, with a warning that names the layer. True: fuse on any
+            device, or raise; False: never. Deployed networks and saved
+            files are plain Keras either way.
         peer_perturbation: float >= 0; with `peer_initialization="backbone"`,
             Gaussian noise of this standard deviation, relative to each
             kernel's own standard deviation, is added to every peer's kernels
@@ -281,6 +283,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         """
         if network is None or self.fuse_views is False:
             return
+        if self.fuse_views == "auto" and not fusion.on_accelerator():
+            return  # Measured slower on CPU (see `fusion.on_accelerator`).
         fusable, reason = fusion.fusable(network)
         if fusable:
             self._fused[id(network)] = fusion.ViewBatchedNetwork(

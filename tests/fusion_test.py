@@ -754,8 +754,12 @@ def test_a_keras_applications_trunk_fuses_exactly():
         np.testing.assert_allclose(f, s, rtol=0, atol=atol, err_msg=variable.path)
 
 
-def test_a_backbone_that_mixes_the_batch_falls_back_with_a_message():
+def test_a_backbone_that_mixes_the_batch_falls_back_with_a_message(monkeypatch):
     import keras_pcl
+    from keras_pcl import fusion
+
+    # `fuse_views="auto"` tries to fuse on accelerators only: pretend one.
+    monkeypatch.setattr(fusion, "on_accelerator", lambda: True)
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
@@ -775,11 +779,18 @@ def test_a_backbone_that_mixes_the_batch_falls_back_with_a_message():
         keras_pcl.PeerCollaborativeModel(small_resnet(), 3, fuse_views="yes")
 
 
+def test_auto_fuses_on_accelerators_only():
+    from keras_pcl import fusion
+
+    _, _, model, _ = pcl_run(small_resnet, "auto", steps=1)
+    assert bool(model._fused) == fusion.on_accelerator()
+
+
 def test_a_fused_model_saves_and_deploys_plain_keras_layers(tmp_path):
     import keras_pcl
 
-    _, _, model, _ = pcl_run(small_resnet, "auto", steps=1)
-    assert model.get_config()["fuse_views"] == "auto"
+    _, _, model, _ = pcl_run(small_resnet, True, steps=1)
+    assert model.get_config()["fuse_views"] is True
     path = str(tmp_path / "fused.keras")
     model.save(path)
     reloaded = keras.saving.load_model(path)
