@@ -247,16 +247,7 @@ def test_keras_applications_with_top_is_refused():
 
 def scaling_backbone(image_size=8, name="scaling"):
     """`tiny_backbone` that begins with its own `Rescaling(1 / 255)`."""
-    inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = keras.layers.Rescaling(1 / 255, name="own_rescaling")(inputs)
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(x)
-    x = keras.layers.BatchNormalization(name="bn1")(x)
-    x = keras.layers.ReLU(name="split")(x)
-    x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv2")(x)
-    x = keras.layers.BatchNormalization(name="bn2")(x)
-    x = keras.layers.ReLU(name="relu2")(x)
-    outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return tiny_backbone(image_size, name=name, own_rescaling=True)
 
 
 def test_own_preprocessing_finds_a_leading_rescaling_or_normalization():

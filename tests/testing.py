@@ -8,10 +8,17 @@ import numpy as np
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23 ~ 1.19e-7, one float32 ulp of 1.0
 
 
-def tiny_backbone(image_size=8, channels=3, name="tiny"):
-    """conv-BN-ReLU trunk, conv-BN-ReLU-pool peer: the smallest real split."""
+def tiny_backbone(image_size=8, channels=3, name="tiny", own_rescaling=False):
+    """conv-BN-ReLU trunk, conv-BN-ReLU-pool peer: the smallest real split.
+
+    With `own_rescaling`, it begins with its own `Rescaling(1 / 255)` (named
+    `own_rescaling`), like the backbones that carry their preprocessing.
+    """
     inputs = keras.Input((image_size, image_size, channels), name="images")
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(inputs)
+    x = inputs
+    if own_rescaling:
+        x = keras.layers.Rescaling(1 / 255, name="own_rescaling")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv1")(x)
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU(name="split")(x)
     x = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv2")(x)
