@@ -604,8 +604,14 @@ def test_compiled_training_steps_equal_separate_passes():
 # ----------------------------------------------------------------------
 
 
-def pcl_run(backbone_fn, fuse_views, steps=3, lr=0.1, **kwargs):
-    """`steps` PCL steps from one seed: (history, weights, model, initial)."""
+def pcl_run(backbone_fn, fuse_views, steps=3, lr=0.01, **kwargs):
+    """`steps` PCL steps from one seed: (history, weights, model, initial).
+
+    lr 0.01: at 0.1 these tiny runs are chaotic. On JAX, ResNet-8's fused
+    and separate weights agree to 0.05 of `sgd_weights_atol` after one step
+    but 370x it after three, with the mean losses equal to 2e-7; at 0.01,
+    0.06 after three (measured).
+    """
     import keras_pcl
     from tests.testing import colour_dataset
 

@@ -265,8 +265,15 @@ def test_two_processes_killed_resume_from_the_shared_backup(tmp_path):
         # so the update's size is bounded by the weight's (see
         # sgd_weights_atol); a batch lost or repeated moves weights by the
         # learning rate times a gradient, ~1e-2.
+        # The later steps also amplify the difference (BN and momentum):
+        # 16 ulps per step of margin, 10 steps (seen: 52-200 ulps of a BN
+        # moving variance of 3.4 in different runs), still 17x below a lost
+        # or repeated batch.
         atol = sgd_weights_atol(
-            expected[key], np.zeros_like(expected[key]), summed_terms=4 * 8 * 8
+            expected[key],
+            np.zeros_like(expected[key]),
+            summed_terms=4 * 8 * 8,
+            k=16.0 * 10,
         )
         np.testing.assert_allclose(
             actual[key], expected[key], rtol=0, atol=atol, err_msg=key
