@@ -92,9 +92,16 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=5e-4)
     parser.add_argument(
         "--keras_torch_data_format",
-        choices=["channels_first", "channels_last"],
-        default="channels_first",
-        help="keras-pcl's image data format on torch (TF and JAX: channels_last).",
+        default="channels_last",
+        help="keras-pcl's image data format(s) on torch, comma-separated "
+        "(channels_last, channels_first; one worker each). TF and JAX: "
+        "channels_last.",
+    )
+    parser.add_argument(
+        "--torch_keras_ops",
+        action="store_true",
+        help="Also time keras-pcl on torch with its PyTorch fast paths off "
+        "(KERAS_PCL_FAST_PATHS=0, Keras' own ops), one more worker per format.",
     )
     parser.add_argument(
         "--jit_compile",
@@ -168,16 +175,17 @@ def _reference_timers(args, memory_format):
     return timers, warmup, info
 
 
-def _keras_timers(args, backend):
+def _keras_timers(args, option):
     import keras
 
     import keras_pcl
+    from keras_pcl import fast_paths
     from keras_pcl.benchmark import random_images
     from keras_pcl.benchmark import time_fit
     from keras_pcl.methods import build_method
 
+    backend, _, data_format = option.partition(":")
     assert keras.backend.backend() == backend, keras.backend.backend()
-    data_format = args.keras_torch_data_format if backend == "torch" else None
     data_format = data_format or "channels_last"
     keras.config.set_image_data_format(data_format)
     threads = {}
@@ -236,6 +244,7 @@ def _keras_timers(args, backend):
         "implementation": "keras_pcl",
         "backend": backend,
         "data_format": data_format,
+        "fast_paths": fast_paths.enabled(),
         "jit_compile": args.jit_compile,
         "resolved_jit_compile": resolved,
         "keras_version": keras.__version__,
@@ -346,7 +355,29 @@ def run(args, argv):
             "--reference_formats needs at least one of contiguous, channels_last"
         )
     specs = [(f"pytorch_{f}", f"reference:{f}", None) for f in formats]
-    specs += [(f"keras_pcl_{b}", f"keras:{b}", {"KERAS_BACKEND": b}) for b in backends]
+    torch_formats = _split(args.keras_torch_data_format)
+    bad = [f for f in torch_formats if f not in ("channels_last", "channels_first")]
+    if bad or not torch_formats:
+        raise SystemExit(
+            "--keras_torch_data_format: each must be channels_last or "
+            f"channels_first. Received: {args.keras_torch_data_format!r}"
+        )
+    for b in backends:
+        env = {"KERAS_BACKEND": b}
+        if b != "torch":
+            specs.append((f"keras_pcl_{b}", f"keras:{b}", env))
+            continue
+        for i, f in enumerate(torch_formats):
+            label = "keras_pcl_torch" + ("" if i == 0 else f"_{f}")
+            specs.append((label, f"keras:torch:{f}", env))
+            if args.torch_keras_ops:
+                specs.append(
+                    (
+                        f"{label}_keras_ops",
+                        f"keras:torch:{f}",
+                        dict(env, KERAS_PCL_FAST_PATHS="0"),
+                    )
+                )
     models = _models(args)
     workers = []
     try:
@@ -399,7 +430,7 @@ def run(args, argv):
         ]
         entry["x_plain_pytorch_per_round"] = per_round
         entry["x_plain_pytorch_median_of_rounds"] = statistics.median(per_round)
-    keras_labels = [f"keras_pcl_{b}" for b in backends]
+    keras_labels = [label for label in results if label.startswith("keras_pcl_")]
     fastest_keras = (
         max(keras_labels, key=lambda k: results[k]["pcl"]["images_per_sec"])
         if keras_labels

@@ -30,6 +30,7 @@ MODULES = (
     "keras_pcl.deployment",
     "keras_pcl.validation",
     "keras_pcl.fusion",
+    "keras_pcl.fast_paths",
     "keras_pcl.methods",
     "keras_pcl.benchmark",
     "keras_pcl.training",

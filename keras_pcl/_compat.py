@@ -80,6 +80,44 @@ def scale_loss_for_replicas(loss):
 # ----------------------------------------------------------------------
 
 
+def in_stateless_scope():
+    """Whether Keras is inside a `StatelessScope` (symbolic shape inference).
+
+    Keras' torch backend infers output shapes by running layers inside a
+    `StatelessScope`, where `variable.assign` records an update instead of
+    writing; `keras_pcl.fast_paths` writes PyTorch tensors in place, so it
+    steps aside there. Keras exports the scope class but not the query.
+    """
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    return in_stateless_scope()
+
+
+def foreach_mul(tensors, scalar):
+    """`[t * scalar for t in tensors]` as one PyTorch multi-tensor op.
+
+    `torch._foreach_mul`, which `torch.optim` uses for its `foreach`
+    implementations; PyTorch has no public multi-tensor API.
+    """
+    import torch
+
+    return torch._foreach_mul(tensors, scalar)
+
+
+def foreach_mul_(tensors, scalar):
+    """In place: `t *= scalar` for each tensor (`torch._foreach_mul_`)."""
+    import torch
+
+    torch._foreach_mul_(tensors, scalar)
+
+
+def foreach_add_(tensors, others):
+    """In place: `t += o` for each pair (`torch._foreach_add_`)."""
+    import torch
+
+    torch._foreach_add_(tensors, others)
+
+
 def freeze_torch_variable(variable):
     """Stops autograd from recording a (non-trainable) Keras torch variable.
 

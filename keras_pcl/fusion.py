@@ -34,7 +34,9 @@ Keras 3.15), node by node, on the private `Node` attributes `arguments`,
 import keras
 from keras import ops
 
+from keras_pcl import fast_paths
 from keras_pcl._compat import inbound_node
+from keras_pcl.validation import check_bool
 from keras_pcl.validation import check_int
 
 
@@ -189,10 +191,18 @@ class ViewBatchedNetwork:
     under `jit_compile` and `steps_per_execution` on every backend; the
     graph walk happens at trace time.
 
+    With `fast=True` (torch backend), the layers that
+    `keras_pcl.fast_paths` covers run through its PyTorch fast paths
+    (channels-last convolutions without layout copies; with one view,
+    batch normalisation with PyTorch's fused kernel): the same numbers up
+    to float32 reduction order.
+
     Args:
         network: a functional `keras.Model` for which `fusable` holds.
         num_views: int >= 1, the number of views `m` per call.
         per_example_layers: as in `fusable`.
+        fast: bool, use `keras_pcl.fast_paths` where they apply (torch
+            backend only; default False).
 
     Raises:
         ValueError: if `network` is not fusable (with `fusable`'s reason).
@@ -209,8 +219,14 @@ class ViewBatchedNetwork:
     [(5, 6, 6, 4), (5, 6, 6, 4)]
     """
 
-    def __init__(self, network, num_views, per_example_layers=()):
+    def __init__(self, network, num_views, per_example_layers=(), fast=False):
         check_int("num_views", num_views, minimum=1)
+        check_bool("fast", fast)
+        if fast and keras.backend.backend() != "torch":
+            raise ValueError(
+                "`fast=True` uses PyTorch kernels and needs the torch backend. "
+                f"Received: fast=True with backend {keras.backend.backend()!r}"
+            )
         allowed = PER_EXAMPLE_LAYERS + tuple(per_example_layers)
         try:
             plan = _graph_plan(network, allowed)
@@ -222,6 +238,7 @@ class ViewBatchedNetwork:
             ) from None
         self.network = network
         self.num_views = num_views
+        self.fast = fast
         self._plan = plan
 
     def __call__(self, views, training=True):
@@ -233,7 +250,7 @@ class ViewBatchedNetwork:
                 f"tensors. Received: {len(views)} views"
             )
         if self.num_views == 1:
-            return _run(self._plan, views, 1, bool(training))
+            return _run(self._plan, views, 1, bool(training), self.fast)
         # View-major: rows `i * B` to `(i + 1) * B` are view i, so joining
         # and splitting are contiguous copies and each view's statistics a
         # contiguous block (an example-major interleave measured 25-65%
@@ -241,7 +258,7 @@ class ViewBatchedNetwork:
         # are global means either way, so batch sharding (JAX
         # `DataParallel`) stays exact.
         batch = ops.concatenate(views, axis=0)
-        (output,) = _run(self._plan, [batch], self.num_views, bool(training))
+        (output,) = _run(self._plan, [batch], self.num_views, bool(training), self.fast)
         return ops.split(output, self.num_views, axis=0)
 
     def __repr__(self):
@@ -369,7 +386,7 @@ def _check_operation(operation, node, model_name, allowed):
             )
 
 
-def _run(plan, inputs, num_views, training):
+def _run(plan, inputs, num_views, training, fast):
     """Outputs of `plan.network` on `inputs` (the fused batch)."""
     network = plan.network
     tensors = {}
@@ -385,7 +402,14 @@ def _run(plan, inputs, num_views, training):
         args, kwargs = node.arguments.fill_in(tensors)
         if id(node) in plan.nested:
             nested_inputs = keras.tree.flatten(args)
-            outputs = _run(plan.nested[id(node)], nested_inputs, num_views, training)
+            outputs = _run(
+                plan.nested[id(node)], nested_inputs, num_views, training, fast
+            )
+        elif fast and _fast_path_applies(operation, args, kwargs, num_views, training):
+            if type(operation) is keras.layers.Conv2D:
+                outputs = fast_paths.conv2d(operation, args[0])
+            else:
+                outputs = fast_paths.batch_norm(operation, args[0])
         elif type(operation) is keras.layers.BatchNormalization:
             outputs = _batch_norm(operation, args[0], num_views, training)
         else:
@@ -397,6 +421,20 @@ def _run(plan, inputs, num_views, training):
         for reference, value in zip(node.outputs, outputs):
             tensors[id(reference)] = value
     return [tensors[id(reference)] for reference in network.outputs]
+
+
+_FAST_LAYERS = (keras.layers.Conv2D, keras.layers.BatchNormalization)
+
+
+def _fast_path_applies(layer, args, kwargs, num_views, training):
+    """Whether `keras_pcl.fast_paths` computes this call exactly."""
+    if type(layer) not in _FAST_LAYERS:
+        return False
+    if len(args) != 1 or kwargs.get("mask") is not None:
+        return False
+    if type(layer) is keras.layers.BatchNormalization and num_views != 1:
+        return False  # Per-view statistics: `_batch_norm`.
+    return fast_paths.covers(layer, args[0], training)
 
 
 def _dims(x):

@@ -12,6 +12,7 @@ device-to-host sync every step on JAX).
 from keras import ops
 
 from keras_pcl import _compat
+from keras_pcl import fast_paths
 
 
 def ema_decay_at(step, ema_decay):
@@ -34,7 +35,9 @@ def ema_decay_at(step, ema_decay):
     return ops.minimum(1.0 - 1.0 / (step + 1.0), ema_decay)
 
 
-def update_mean_teacher(student_variables, teacher_variables, step, ema_decay):
+def update_mean_teacher(
+    student_variables, teacher_variables, step, ema_decay, fast=False
+):
     """`theta' <- alpha_k * theta' + (1 - alpha_k) * theta` for each pair.
 
     Args:
@@ -43,12 +46,24 @@ def update_mean_teacher(student_variables, teacher_variables, step, ema_decay):
             in the same order and with the same shapes.
         step: `k`, the number of optimizer updates done so far.
         ema_decay: float in `[0, 1)`.
+        fast: bool; on the torch backend with float32 variables, update all
+            of them with three multi-tensor ops
+            (`keras_pcl.fast_paths.ema_update`, bitwise the same result).
     """
     alpha = ema_decay_at(step, ema_decay)
+    if fast and _all_float32(student_variables, teacher_variables):
+        fast_paths.ema_update(student_variables, teacher_variables, alpha)
+        return
     for student, teacher in zip(student_variables, teacher_variables):
         value = ops.stop_gradient(ops.cast(student, teacher.dtype))
         a = ops.cast(alpha, teacher.dtype)
         teacher.assign(a * teacher + (1.0 - a) * value)
+
+
+def _all_float32(*variable_lists):
+    return not _compat.in_stateless_scope() and all(
+        v.dtype == "float32" for variables in variable_lists for v in variables
+    )
 
 
 def freeze_variable(variable):

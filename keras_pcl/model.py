@@ -211,7 +211,9 @@ class PeerCollaborativeModel(MultiBranchModel):
 
     def _before_training_forward(self, step):
         student_vars, teacher_vars = self._ema_pairs
-        update_mean_teacher(student_vars, teacher_vars, step, self.ema_decay)
+        update_mean_teacher(
+            student_vars, teacher_vars, step, self.ema_decay, fast=self._fast_paths
+        )
 
     def _branch_outputs(self, views, training):
         """Logits of every peer, of the ensemble and of every mean teacher."""

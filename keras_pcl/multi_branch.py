@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from keras_pcl import _compat
+from keras_pcl import fast_paths
 from keras_pcl import fusion
 from keras_pcl.deployment import BestPeer  # noqa: F401 (public name, kept here)
 from keras_pcl.deployment import PeerDeployment
@@ -254,6 +255,9 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         # Training-time substitutes (`keras_pcl.fusion`), untracked: they
         # share the networks' variables and are never saved or exported.
         object.__setattr__(self, "_fused", {})
+        # torch: the PyTorch fast paths (`keras_pcl.fast_paths`), read once.
+        object.__setattr__(self, "_fast_paths", fast_paths.enabled())
+        object.__setattr__(self, "_fast_runners", {})
         self._fuse(self.trunk)
         self.built = True
 
@@ -288,7 +292,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         fusable, reason = fusion.fusable(network)
         if fusable:
             self._fused[id(network)] = fusion.ViewBatchedNetwork(
-                network, self.num_peers
+                network, self.num_peers, fast=self._fast_paths
             )
             return
         message = (
@@ -438,8 +442,15 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         return x
 
     def _apply(self, layer, x, training, memo=None):
-        """`layer(x, training=training)`; in inference, each pair runs once."""
+        """`layer(x, training=training)`; in inference, each pair runs once.
+
+        In training on torch, a functional network runs through the
+        PyTorch fast paths (`keras_pcl.fast_paths`) where they apply.
+        """
         if training:
+            runner = self._fast_runner(layer)
+            if runner is not None:
+                return runner([x], training=True)[0]
             return layer(x, training=True)
         memo = self._active_memo if memo is None else memo
         if memo is None:
@@ -450,6 +461,18 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         output = layer(x, training=False)
         memo.append((layer, x, output))
         return output
+
+    def _fast_runner(self, layer):
+        """The fast-path runner of a functional `layer`, or None."""
+        if not self._fast_paths or not isinstance(layer, keras.Model):
+            return None
+        key = id(layer)
+        if key not in self._fast_runners:
+            runner = None
+            if fusion.fusable(layer)[0]:
+                runner = fusion.ViewBatchedNetwork(layer, 1, fast=True)
+            self._fast_runners[key] = runner
+        return self._fast_runners[key]
 
     def _training_forward(self, views):
         step = self.step_counter.value

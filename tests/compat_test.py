@@ -100,3 +100,22 @@ def test_tensorflow_op_determinism_can_be_read_and_turned_off():
     assert _compat.tensorflow_op_determinism() is False
     if before:
         tf.config.experimental.enable_op_determinism()
+
+
+def test_in_stateless_scope_tells_a_stateless_scope_apart():
+    assert not _compat.in_stateless_scope()
+    with keras.StatelessScope():
+        assert _compat.in_stateless_scope()
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's multi-tensor ops")
+def test_foreach_ops_multiply_and_add_every_tensor():
+    import torch
+
+    a = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    b = [torch.tensor([0.5, 0.25]), torch.tensor([[4.0]])]
+    product = _compat.foreach_mul(a, torch.tensor(2.0))
+    assert [p.tolist() for p in product] == [[2.0, 4.0], [[6.0]]]
+    _compat.foreach_mul_(a, 3.0)
+    _compat.foreach_add_(a, b)
+    assert [t.tolist() for t in a] == [[3.5, 6.25], [[13.0]]]

@@ -1,0 +1,214 @@
+"""PyTorch fast paths for the training step: same numbers, fewer kernels.
+
+Keras' PyTorch backend runs two kinds of layer, which make up most of a
+CIFAR network, with more memory traffic than PyTorch itself needs (Keras
+3.15, `keras/src/backend/torch/nn.py`):
+
+* `Conv2D` with `data_format="channels_last"` copies its input to NCHW
+  (`permute(...).contiguous()`) and then back to channels-last memory
+  (`_maybe_convert_to_channels_last`) before every convolution, forward and
+  backward. A `(N, H, W, C)` tensor already *is* an NCHW tensor in
+  channels-last memory, so `conv2d` below hands PyTorch that view: no copy.
+* `BatchNormalization` in training is composed of separate moment and
+  element-wise ops (the variance as `E[x^2] - E[x]^2`), each a pass over the
+  activations, with as many again in autograd. `batch_norm` below calls
+  PyTorch's fused kernel (`torch.nn.functional.batch_norm`, one pass each
+  way) and updates the moving statistics as Keras does: `s <- momentum * s
+  + (1 - momentum) * batch_statistic`, with the biased variance (PyTorch's
+  own running statistics would use the unbiased one) and Keras' `epsilon`.
+* The mean-teacher update (`ema_update`) is three multi-tensor (`foreach`)
+  ops over all variables instead of five ops per variable. It rounds
+  exactly like `keras_pcl.mean_teacher.update_mean_teacher`'s generic form.
+
+Each function computes what the Keras layer computes, up to float32
+reduction order (PyTorch's batch-norm kernel accumulates the variance in
+another order than `E[x^2] - E[x]^2`); `tests/fast_paths_test.py` checks
+values, gradients and moving statistics against the layers, and a whole
+PCL training run against one with the fast paths off. A layer the fast
+path does not cover exactly (another class, mixed precision, a quantised
+or LoRA layer, an activity regulariser, channels-first data) runs through
+its own `__call__`, so nothing changes for it.
+
+They are used by `keras_pcl.fusion.ViewBatchedNetwork` (`fast=True`), which
+`MultiBranchModel` puts in place of every functional network it runs in
+training on the torch backend. Written by hand because Keras has no hook to
+swap a backend kernel for a layer; they use only public PyTorch functions.
+Set the environment variable `KERAS_PCL_FAST_PATHS=0` (read when a model is
+built) to train with Keras' own ops instead, e.g. to compare.
+"""
+
+import os
+
+import keras
+from keras import ops
+
+from keras_pcl import _compat
+
+
+def enabled():
+    """Whether models built now use the fast paths (torch backend only).
+
+    True on the torch backend unless the environment variable
+    `KERAS_PCL_FAST_PATHS` is `"0"`; always False on other backends, whose
+    compilers (XLA, Grappler) already fuse these ops.
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    value = os.environ.get("KERAS_PCL_FAST_PATHS", "1").strip().lower()
+    if value not in ("0", "1", "false", "true"):
+        raise ValueError(
+            "The environment variable KERAS_PCL_FAST_PATHS must be '1' (use "
+            f"the PyTorch fast paths) or '0'. Received: {value!r}"
+        )
+    return value in ("1", "true")
+
+
+def _plain_float32(layer, x):
+    """Whether `layer` runs in float32 on a float32 input, with no extras."""
+    import torch
+
+    return (
+        x.dtype == torch.float32
+        and layer.compute_dtype == "float32"
+        and layer.variable_dtype == "float32"
+        and getattr(layer, "quantization_mode", None) is None
+        and not getattr(layer, "lora_enabled", False)
+        and layer.activity_regularizer is None
+        and not _compat.in_stateless_scope()
+    )
+
+
+def covers(layer, x, training):
+    """Whether `conv2d` or `batch_norm` computes `layer(x, training)` here."""
+    if len(x.shape) != 4 or not _plain_float32(layer, x):
+        return False
+    if type(layer) is keras.layers.Conv2D:
+        return layer.data_format == "channels_last"
+    if type(layer) is keras.layers.BatchNormalization:
+        return (
+            training
+            and layer.trainable
+            and layer.axis in (-1, 1, 3)
+            and x.numel() > x.shape[layer.axis]  # Over one value per channel.
+            and not layer.renorm
+            and not layer.synchronized
+        )
+    return False
+
+
+def conv2d(layer, x):
+    """`layer(x)` for a channels-last `keras.layers.Conv2D`, without copies.
+
+    Args:
+        layer: a built `keras.layers.Conv2D` for which `covers` holds.
+        x: a `(N, H, W, C)` float32 torch tensor.
+
+    Returns:
+        The layer's output, `(N, H', W', filters)`, contiguous.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> layer = keras.layers.Conv2D(4, 3, strides=2, padding="same")
+    >>> x = ops.convert_to_tensor(np.ones((2, 8, 8, 3), "float32"))
+    >>> tuple(conv2d(layer, x).shape) == tuple(layer(x).shape)
+    True
+    """
+    # The (N, C, H, W) view of a contiguous NHWC tensor has channels-last
+    # strides; Keras' own channels-first convolution (same padding rules)
+    # then runs PyTorch's channels-last kernel on it as is.
+    outputs = ops.conv(
+        x.permute(0, 3, 1, 2),
+        layer.kernel,
+        strides=list(layer.strides),
+        padding=layer.padding,
+        dilation_rate=layer.dilation_rate,
+        data_format="channels_first",
+    ).permute(0, 2, 3, 1)
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    if layer.activation is not None:
+        outputs = layer.activation(outputs)
+    return outputs
+
+
+def batch_norm(layer, x):
+    """`layer(x, training=True)` for a 4-D `BatchNormalization`.
+
+    Normalises with PyTorch's fused kernel and the batch's mean and biased
+    variance, then updates the layer's moving statistics as Keras does.
+
+    Args:
+        layer: a built, trainable `keras.layers.BatchNormalization` on the
+            channel axis (last, or 1 for channels-first data), for which
+            `covers` holds.
+        x: a `(N, H, W, C)` (or `(N, C, H, W)`) float32 torch tensor.
+
+    Returns:
+        The normalised `x`, same shape, contiguous.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> layer = keras.layers.BatchNormalization()
+    >>> x = ops.convert_to_tensor(np.ones((2, 4, 4, 3), "float32"))
+    >>> tuple(batch_norm(layer, x).shape)
+    (2, 4, 4, 3)
+    """
+    import torch
+
+    gamma = layer.gamma.value if layer.scale else None
+    beta = layer.beta.value if layer.center else None
+    channels_last = layer.axis != 1
+    channels = x.shape[-1] if channels_last else x.shape[1]
+    count = x.numel() // channels
+    # With momentum 1, PyTorch's running statistics are the batch's mean and
+    # its unbiased variance, from the same pass as the normalisation (a
+    # separate `torch.var_mean` over N, H and W measured 4x the kernel).
+    batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    batch_variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    outputs = torch.nn.functional.batch_norm(
+        x.permute(0, 3, 1, 2) if channels_last else x,
+        batch_mean,
+        batch_variance,
+        weight=gamma,
+        bias=beta,
+        training=True,
+        momentum=1.0,
+        eps=layer.epsilon,
+    )
+    if channels_last:
+        outputs = outputs.permute(0, 2, 3, 1)
+    with torch.no_grad():
+        variance = batch_variance * ((count - 1) / count)  # Biased, as Keras.
+        momentum = layer.momentum
+        layer.moving_mean.assign(
+            layer.moving_mean.value * momentum + batch_mean * (1.0 - momentum)
+        )
+        layer.moving_variance.assign(
+            layer.moving_variance.value * momentum + variance * (1.0 - momentum)
+        )
+    return outputs
+
+
+def ema_update(student_variables, teacher_variables, alpha):
+    """`theta' <- alpha * theta' + (1 - alpha) * theta`, as `foreach` ops.
+
+    The same three roundings per element as the generic
+    `alpha * teacher + (1 - alpha) * student` (multiply, multiply, add),
+    so the result is bitwise that of `update_mean_teacher`'s loop.
+
+    Args:
+        student_variables: list of float32 `keras.Variable`s, `theta`.
+        teacher_variables: list of `keras.Variable`s of the same shapes and
+            dtypes, `theta'`, updated in place.
+        alpha: scalar float32 torch tensor, the decay of this step.
+    """
+    import torch
+
+    with torch.no_grad():
+        teachers = [t.value for t in teacher_variables]
+        students = [s.value for s in student_variables]
+        weighted = _compat.foreach_mul(students, 1.0 - alpha)
+        _compat.foreach_mul_(teachers, alpha)
+        _compat.foreach_add_(teachers, weighted)

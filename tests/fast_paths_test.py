@@ -1,0 +1,313 @@
+"""`keras_pcl.fast_paths`: the PyTorch kernels compute what the Keras layers do.
+
+Each fast path is compared with the Keras layer it stands in for (values,
+gradients, moving statistics), and a whole PCL run with the fast paths with
+one without them. Tolerances follow `tests/testing.py: float32_atol`: the
+same float32 sums grouped otherwise differ by a few ulps of the magnitude
+of what is summed. The convolutions call the same PyTorch kernel on the same
+memory layout as Keras does, so they are compared for bitwise equality.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_pcl import fast_paths
+from tests.testing import EPS32
+from tests.testing import float32_atol
+
+BACKEND = keras.backend.backend()
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch fast paths")
+
+
+def test_enabled_only_on_torch_and_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv("KERAS_PCL_FAST_PATHS", raising=False)
+    assert fast_paths.enabled() is (BACKEND == "torch")
+    monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "0")
+    assert fast_paths.enabled() is False
+    if BACKEND == "torch":
+        monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "yes")
+        with pytest.raises(ValueError, match="KERAS_PCL_FAST_PATHS must be"):
+            fast_paths.enabled()
+
+
+def test_a_model_built_with_fast_paths_off_uses_keras_ops(monkeypatch):
+    import keras_pcl
+    from tests.testing import tiny_backbone
+
+    monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "0")
+    model = keras_pcl.PeerCollaborativeModel(tiny_backbone(), 2, split_at="split")
+    assert model._fast_paths is False
+    monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "1")
+    model = keras_pcl.PeerCollaborativeModel(tiny_backbone(), 2, split_at="split")
+    assert model._fast_paths is (BACKEND == "torch")
+
+
+def torch_tensor(array, requires_grad=False):
+    import torch
+
+    return torch.tensor(np.asarray(array, "float32"), requires_grad=requires_grad)
+
+
+def grads(outputs, inputs, cotangent):
+    import torch
+
+    return [
+        g.detach().numpy().copy()
+        for g in torch.autograd.grad(outputs, inputs, grad_outputs=cotangent)
+    ]
+
+
+@torch_only
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": "same"},
+        {"kernel_size": 3, "strides": 2, "padding": "same"},  # Asymmetric pad.
+        {"kernel_size": 1, "strides": 2, "use_bias": False},
+        {"kernel_size": 3, "dilation_rate": 2, "padding": "valid"},
+        {"kernel_size": 3, "groups": 2, "activation": "relu", "padding": "same"},
+        {"kernel_size": (3, 1), "strides": (1, 2), "padding": "same"},
+    ],
+    ids=["same", "stride2", "1x1", "dilated", "groups_relu", "rectangular"],
+)
+def test_conv2d_equals_the_keras_layer_bitwise(kwargs):
+    layer = keras.layers.Conv2D(6, **kwargs, bias_initializer="glorot_uniform")
+    rng = np.random.default_rng(0)
+    x_np = rng.normal(size=(3, 9, 7, 4))
+    layer.build(x_np.shape)
+    x = torch_tensor(x_np, requires_grad=True)
+    assert fast_paths.covers(layer, x, training=True)
+    expected = layer(x)
+    got = fast_paths.conv2d(layer, x)
+    assert got.is_contiguous()
+    np.testing.assert_array_equal(got.detach().numpy(), expected.detach().numpy())
+    cotangent = torch_tensor(rng.normal(size=tuple(expected.shape)))
+    variables = [x] + [w.value for w in layer.trainable_weights]
+    for g, e in zip(
+        grads(got, variables, cotangent), grads(expected, variables, cotangent)
+    ):
+        np.testing.assert_array_equal(g, e)
+
+
+def bn_inputs(seed=0, shape=(4, 5, 5, 3)):
+    rng = np.random.default_rng(seed)
+    # Channels with different means and scales, as after a convolution.
+    scale = np.array([0.5, 2.0, 7.0])[: shape[-1]]
+    return rng.normal(size=shape) * scale + np.array([1.0, -3.0, 0.2])[: shape[-1]]
+
+
+@torch_only
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"scale": False},
+        {"center": False},
+        {"momentum": 0.9, "epsilon": 1e-5},
+        {"axis": 1},
+    ],
+    ids=["default", "no_scale", "no_center", "momentum_epsilon", "channels_first"],
+)
+def test_batch_norm_equals_the_keras_layer(kwargs):
+    x_np = bn_inputs()
+    if kwargs.get("axis") == 1:
+        x_np = np.ascontiguousarray(np.transpose(x_np, (0, 3, 1, 2)))
+    layers = []
+    for _ in range(2):
+        layer = keras.layers.BatchNormalization(**kwargs)
+        layer.build(x_np.shape)
+        layers.append(layer)
+    rng = np.random.default_rng(1)
+    for a, b in zip(*(lay.weights for lay in layers)):  # Non-trivial state.
+        value = rng.uniform(0.5, 1.5, size=a.shape).astype("float32")
+        a.assign(value)
+        b.assign(value)
+    keras_layer, fast_layer = layers
+    initial = [ops.convert_to_numpy(w) for w in keras_layer.non_trainable_weights]
+    x = torch_tensor(x_np, requires_grad=True)
+    assert fast_paths.covers(fast_layer, x, training=True)
+    expected = keras_layer(x, training=True)
+    got = fast_paths.batch_norm(fast_layer, x)
+    assert got.is_contiguous()
+    # Normalised values are O(1) times gamma (<= 1.5), plus beta: a few ulps
+    # of ~5 (Keras' E[x^2] - E[x]^2 variance also rounds at the scale of
+    # E[x^2], up to 49 + 9 here, relative to the variance).
+    np.testing.assert_allclose(
+        got.detach().numpy(),
+        expected.detach().numpy(),
+        rtol=0,
+        atol=float32_atol(5 * 58 / 0.25, k=8),
+    )
+    cotangent = torch_tensor(rng.normal(size=x_np.shape))
+    variables = [x] + [w.value for w in keras_layer.trainable_weights]
+    fast_variables = [x] + [w.value for w in fast_layer.trainable_weights]
+    for g, e in zip(
+        grads(got, fast_variables, cotangent), grads(expected, variables, cotangent)
+    ):
+        # Sums over the 100 positions per channel of O(|x| / std * cotangent).
+        np.testing.assert_allclose(
+            g, e, rtol=0, atol=float32_atol(100 * 4 * 58 / 0.25, k=8)
+        )
+    for kv, fv, v0 in zip(
+        keras_layer.non_trainable_weights,
+        fast_layer.non_trainable_weights,
+        initial,
+    ):
+        k, f = ops.convert_to_numpy(kv), ops.convert_to_numpy(fv)
+        # moving <- momentum * moving + (1 - momentum) * statistic: the
+        # moving value (<= 1.5) rounds, and the statistic, a sum over 100
+        # positions of squares up to 58 (Keras: E[x^2] - E[x]^2), with
+        # log2(100) growth, weighted by 1 - momentum.
+        momentum = keras_layer.momentum
+        atol = float32_atol(1.5 + (1 - momentum) * 58 * math.log2(100), k=16)
+        np.testing.assert_allclose(f, k, rtol=0, atol=atol, err_msg=kv.name)
+        assert np.max(np.abs(k - v0)) > 1000 * atol  # The update happened.
+
+
+@torch_only
+def test_batch_norm_moving_statistics_follow_keras_formula_in_float64():
+    """Independent of Keras: the biased batch variance, in float64."""
+    x_np = bn_inputs(seed=3, shape=(8, 4, 4, 3))
+    layer = keras.layers.BatchNormalization(momentum=0.8)
+    layer.build(x_np.shape)
+    fast_paths.batch_norm(layer, torch_tensor(x_np))
+    mean = x_np.mean(axis=(0, 1, 2))
+    variance = x_np.var(axis=(0, 1, 2))  # ddof=0: biased.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer.moving_mean), 0.2 * mean, rtol=0, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer.moving_variance),
+        0.8 + 0.2 * variance,
+        rtol=float32_atol(1, k=16),
+    )
+
+
+@torch_only
+def test_covers_refuses_what_it_does_not_compute_exactly():
+    x = torch_tensor(np.ones((2, 4, 4, 3)))
+    conv = keras.layers.Conv2D(2, 3)
+    conv.build(x.shape)
+    assert fast_paths.covers(conv, x, training=False)  # A conv has no mode.
+    first = keras.layers.Conv2D(2, 3, data_format="channels_first")
+    first.build((2, 3, 4, 4))
+    assert not fast_paths.covers(first, torch_tensor(np.ones((2, 3, 4, 4))), True)
+    half = keras.layers.Conv2D(2, 3, dtype="mixed_float16")
+    half.build(x.shape)
+    assert not fast_paths.covers(half, x, training=True)
+    regularized = keras.layers.Conv2D(2, 3, activity_regularizer="l2")
+    regularized.build(x.shape)
+    assert not fast_paths.covers(regularized, x, training=True)
+    bn = keras.layers.BatchNormalization()
+    bn.build(x.shape)
+    assert fast_paths.covers(bn, x, training=True)
+    assert not fast_paths.covers(bn, x, training=False)  # Moving statistics.
+    assert not fast_paths.covers(bn, torch_tensor(np.ones((1, 1, 1, 3))), True)
+    bn.trainable = False
+    assert not fast_paths.covers(bn, x, training=True)  # Inference mode.
+    across = keras.layers.BatchNormalization(axis=2)
+    across.build(x.shape)
+    assert not fast_paths.covers(across, x, training=True)
+    assert not fast_paths.covers(keras.layers.Dense(2), x, training=True)
+
+
+@torch_only
+def test_ema_update_is_bitwise_the_generic_update():
+    from keras_pcl.mean_teacher import update_mean_teacher
+
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 2, 4), (4,), (5, 2)]
+    students = [keras.Variable(rng.normal(size=s).astype("float32")) for s in shapes]
+    values = [rng.normal(size=s).astype("float32") for s in shapes]
+    generic = [keras.Variable(v) for v in values]
+    fast = [keras.Variable(v) for v in values]
+    for step in (0, 1, 5, 10**5):
+        update_mean_teacher(students, generic, step, 0.99)
+        update_mean_teacher(students, fast, step, 0.99, fast=True)
+        for g, f in zip(generic, fast):
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(f), ops.convert_to_numpy(g)
+            )
+    assert not np.array_equal(ops.convert_to_numpy(fast[0]), values[0])
+
+
+@torch_only
+def test_ema_update_follows_the_spec_in_float64():
+    from keras_pcl.mean_teacher import update_mean_teacher
+
+    rng = np.random.default_rng(1)
+    student = rng.normal(size=(6, 5)).astype("float32")
+    teacher = rng.normal(size=(6, 5)).astype("float32")
+    variable = keras.Variable(teacher)
+    update_mean_teacher([keras.Variable(student)], [variable], 3, 0.999, fast=True)
+    alpha = 1 - 1 / 4  # min(1 - 1/(k + 1), 0.999) at k = 3.
+    expected = alpha * teacher.astype("float64") + (1 - alpha) * student
+    # Three float32 roundings of values of size max(|teacher|, |student|).
+    atol = 3 * EPS32 * np.maximum(np.abs(teacher), np.abs(student)).max()
+    np.testing.assert_allclose(ops.convert_to_numpy(variable), expected, atol=atol)
+
+
+@torch_only
+@pytest.mark.parametrize("method", ["pcl", "one", "dml"])
+def test_training_with_fast_paths_equals_training_without(method, monkeypatch):
+    """Three steps of ResNet-8 with and without the fast paths."""
+    import keras_pcl
+    from keras_pcl.methods import build_method
+    from tests.testing import colour_dataset
+    from tests.testing import kd_magnitude
+
+    def run(flag):
+        monkeypatch.setenv("KERAS_PCL_FAST_PATHS", flag)
+        keras.utils.set_random_seed(11)
+        backbone = keras_pcl.backbones.CIFARResNet(depth=8, input_shape=(8, 8, 3))
+        model = build_method(method, backbone, num_classes=3, num_peers=3)
+        x, y = colour_dataset(24, image_size=8, seed=0)
+        start = [ops.convert_to_numpy(w) for w in model.weights]
+        # lr 0.01: see tests/fusion_test.py `pcl_run` (0.1 is chaotic here).
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True))
+        logs = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return (
+            model,
+            logs.history,
+            start,
+            [ops.convert_to_numpy(w) for w in model.weights],
+        )
+
+    fast_model, fast_logs, start, fast = run("1")
+    assert fast_model._fast_paths and fast_model._fast_runners
+    assert all(r is not None for r in fast_model._fast_runners.values())
+    plain_model, plain_logs, plain_start, plain = run("0")
+    assert not plain_model._fast_runners
+    for a, b in zip(start, plain_start):
+        np.testing.assert_array_equal(a, b)
+    # Logged terms: sums as large as the cross-entropies plus the KD terms'
+    # log-probabilities (kd_magnitude), 16 ulps of margin.
+    magnitude = abs(plain_logs["ce"][0]) + kd_magnitude(3.0, 3, 2 * 3)
+    for key in plain_logs:
+        np.testing.assert_allclose(
+            fast_logs[key],
+            plain_logs[key],
+            rtol=0,
+            atol=float32_atol(magnitude, k=16),
+            err_msg=key,
+        )
+    # Three SGD steps summed in another order (8 images x 64 positions per
+    # gradient entry): each tensor's own rounding plus that of the updates,
+    # whose size is the largest update of any weight (a bias whose gradient
+    # is only rounding, like ONE's gate bias, moves by 1e-9 either way), as
+    # in tests/fusion_test.py.
+    trained = [
+        (w0, b) for w0, b, v in zip(start, plain, fast_model.weights) if v.trainable
+    ]
+    largest_step = max(np.max(np.abs(b - w0)) for w0, b in trained)
+    moved = 0
+    for variable, a, b, w0 in zip(fast_model.weights, fast, plain, start):
+        scale = np.max(np.abs(b)) + math.log2(8 * 8 * 8) * largest_step
+        atol = float32_atol(scale, k=16)
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=variable.path)
+        moved += bool(np.max(np.abs(b - w0)) > 100 * atol)
+    assert moved > len(start) / 3  # The runs trained, far beyond the tolerance.
