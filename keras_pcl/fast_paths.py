@@ -63,6 +63,12 @@ def enabled():
     return value in ("1", "true")
 
 
+def _compiling():
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def _plain_float32(layer, x):
     """Whether `layer` runs in float32 on a float32 input, with no extras."""
     import torch
@@ -79,8 +85,13 @@ def _plain_float32(layer, x):
 
 
 def covers(layer, x, training):
-    """Whether `conv2d` or `batch_norm` computes `layer(x, training)` here."""
-    if len(x.shape) != 4 or not _plain_float32(layer, x):
+    """Whether `conv2d` or `batch_norm` computes `layer(x, training)` here.
+
+    Never while `torch.compile` traces the step (`jit_compile=True`): it
+    fuses Keras' own ops itself, and its symbolic shapes would meet the
+    Python conditions here.
+    """
+    if _compiling() or len(x.shape) != 4 or not _plain_float32(layer, x):
         return False
     if type(layer) is keras.layers.Conv2D:
         return layer.data_format == "channels_last"

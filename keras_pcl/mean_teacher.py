@@ -61,7 +61,7 @@ def update_mean_teacher(
 
 
 def _all_float32(*variable_lists):
-    return not _compat.in_stateless_scope() and all(
+    return not (_compat.in_stateless_scope() or fast_paths._compiling()) and all(
         v.dtype == "float32" for variables in variable_lists for v in variables
     )
 

@@ -311,3 +311,36 @@ def test_training_with_fast_paths_equals_training_without(method, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=variable.path)
         moved += bool(np.max(np.abs(b - w0)) > 100 * atol)
     assert moved > len(start) / 3  # The runs trained, far beyond the tolerance.
+
+
+@torch_only
+def test_torch_compile_traces_keras_ops_and_matches_eager(monkeypatch):
+    """`jit_compile=True` (torch.compile): the fast paths step aside.
+
+    Their Python conditions would meet dynamo's symbolic shapes (measured:
+    "cannot determine truth value of Relational"); torch.compile fuses
+    Keras' own ops itself. One PCL step, compiled vs eager.
+    """
+    import keras_pcl
+    from tests.testing import colour_dataset
+    from tests.testing import kd_magnitude
+    from tests.testing import tiny_backbone
+
+    def run(jit_compile):
+        keras.utils.set_random_seed(5)
+        model = keras_pcl.PeerCollaborativeModel(
+            tiny_backbone(), 3, num_peers=2, split_at="split"
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit_compile)
+        x, y = colour_dataset(8, seed=1)
+        logs = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return logs.history
+
+    compiled, eager = run(True), run(False)
+    # The same float32 sums, fused by inductor in another order: ulps of
+    # the cross-entropies plus the 2m KD terms (kd_magnitude).
+    magnitude = abs(eager["ce"][0]) + kd_magnitude(3.0, 3, 2 * 2)
+    for key in ("loss", "ce", "pe", "pm"):
+        np.testing.assert_allclose(
+            compiled[key], eager[key], rtol=0, atol=float32_atol(magnitude, k=16)
+        )
