@@ -91,6 +91,14 @@ flags.DEFINE_string("output_dir", os.path.join(_ROOT, "benchmarks", "results"), 
 flags.DEFINE_string("tag", "accuracy_cpu", "Prefix of the files written.")
 flags.DEFINE_string("export_dir", None, "Save each deployed network here (.keras).")
 flags.DEFINE_bool("report_only", False, "Only rebuild the report from the runs.")
+flags.DEFINE_string(
+    "step_cost_json",
+    None,
+    "A `benchmarks/throughput.py --models=all` JSON of the same backbone "
+    "and batch, measured side by side on an idle machine: the report's "
+    "compute column then reads each method's step time over vanilla's "
+    "from it (the runs' own epoch times are slowed by whatever else ran).",
+)
 flags.DEFINE_float(
     "time_budget",
     0,
@@ -288,6 +296,7 @@ def run_one(method, seed, data):
         "wall_seconds": wall,
         "deployed_parameters": model.get_peer(deployed).count_params(),
         "protocol": protocol(len(x_train), len(x_val)),
+        "commit": _commit(),
     }
     if FLAGS.export_dir:
         os.makedirs(FLAGS.export_dir, exist_ok=True)
@@ -295,6 +304,22 @@ def run_one(method, seed, data):
         model.get_peer(deployed).save(path)
         result["export"] = path
     return result
+
+
+def _commit():
+    """The keras-pcl commit that trained the run (None outside a checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def protocol(num_train, num_validation):
@@ -374,18 +399,31 @@ def write_report(runs):
         if vanilla
         else None
     )
+    step_cost = _step_cost()
+    vanilla_accuracy = (
+        statistics.mean(r["deployed_accuracy"] for r in vanilla) if vanilla else None
+    )
     lines = [
-        "| method | seeds | deployed val. acc. (%) | mean of deployable (%) "
-        "| ensemble val. acc. (%) | train img/s | step time / vanilla's |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | deployed val. acc. (%) | vs vanilla (points) "
+        "| mean of deployable (%) | ensemble val. acc. (%) | train img/s "
+        "| step time / vanilla's |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     summary = {}
     for m in methods:
         rs = by_method[m]
         speed = statistics.median(r["train_images_per_sec"] for r in rs)
-        ratio = f"{vanilla_speed / speed:.2f}" if vanilla_speed else "-"
+        if step_cost:
+            ratio = f"{step_cost[m]:.2f}" if m in step_cost else "-"
+        else:
+            ratio = f"{vanilla_speed / speed:.2f}" if vanilla_speed else "-"
+        gain = "-"
+        if vanilla_accuracy is not None and m != "vanilla":
+            mean = statistics.mean(r["deployed_accuracy"] for r in rs)
+            gain = f"{100 * (mean - vanilla_accuracy):+.2f}"
         lines.append(
             f"| {m} | {len(rs)} | {_mean_std([r['deployed_accuracy'] for r in rs])} "
+            f"| {gain} "
             f"| {_mean_std([r['mean_deployable_accuracy'] for r in rs])} "
             f"| {_mean_std([r['ensemble_accuracy'] for r in rs])} "
             f"| {speed:.1f} | {ratio} |"
@@ -406,12 +444,20 @@ def write_report(runs):
         f"{p['backend']} backend on {p['device']} ({p['machine']}), "
         f"Keras {p['keras']}."
     )
+    cost = (
+        f"Step time / vanilla's: from {os.path.basename(FLAGS.step_cost_json)} "
+        "(benchmarks/throughput.py, every method side by side on an idle "
+        "machine)."
+        if step_cost
+        else "Step time / vanilla's: from the runs' median epochs."
+    )
     note = (
-        "Mean ± sample std over seeds. Deployed: the deployable network "
+        "Mean ± sample std over seeds; vs vanilla: difference of the means. "
+        "Deployed: the deployable network "
         "with the best final validation accuracy (PCL: a peer's mean "
         "teacher; OKDDip: the leader). Train img/s: median epoch of each "
         "run, validation excluded; runs that share a machine slow each "
-        "other, so for speed see benchmarks/throughput.py."
+        f"other. {cost}"
     )
     table = "\n".join([header, ""] + lines + ["", note]) + "\n"
     base = os.path.join(FLAGS.output_dir, FLAGS.tag)
@@ -422,6 +468,22 @@ def write_report(runs):
         f.write("\n")
     print(table)
     _plot(by_method, base + ".png", header)
+
+
+def _step_cost():
+    """`{method: step time / vanilla's}` from `--step_cost_json`, or None."""
+    if not FLAGS.step_cost_json:
+        return None
+    with open(FLAGS.step_cost_json) as f:
+        details = json.load(f)["details"]
+    if "vanilla" not in details:
+        raise app.UsageError(
+            f"--step_cost_json must time vanilla too (throughput.py "
+            f"--models=all). Received: {FLAGS.step_cost_json} with "
+            f"{sorted(details)}"
+        )
+    vanilla = details["vanilla"]["step_seconds"]
+    return {m: d["step_seconds"] / vanilla for m, d in details.items()}
 
 
 def _plot(by_method, path, title):
