@@ -24,10 +24,10 @@ from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import channel_axis
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.backbones.common import residual_output
 from keras_pcl.validation import check
 from keras_pcl.validation import check_int
 
@@ -161,12 +161,7 @@ def bottleneck_block(x, planes, inner, stride, regularizer, data_format, dtype, 
     y = layers.ReLU(name=f"{name}_relu2", dtype=dtype)(y)
     y = conv(out_channels, 1, 1, "conv3")(y)
     y = batch_norm(data_format, f"{name}_bn3", dtype)(y)
-    shortcut = x
-    if stride != 1 or x.shape[channel_axis(data_format)] != out_channels:
-        shortcut = conv(out_channels, 1, stride, "shortcut_conv")(x)
-        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
-    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
-    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
+    return residual_output(x, y, regularizer, data_format, dtype, name, stride)
 
 
 def resnet110(**kwargs):

@@ -20,8 +20,8 @@ import keras
 from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
+from keras_pcl.backbones.common import basic_block
 from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import channel_axis
 from keras_pcl.backbones.common import check_data_format
 from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
@@ -118,33 +118,6 @@ class CIFARResNet(Backbone):
             dtype=dtype,
             **kwargs,
         )
-
-
-def basic_block(x, width, stride, regularizer, data_format, dtype, name):
-    """Two 3x3 conv-BN layers with an identity or projection shortcut."""
-
-    def conv(filters, kernel_size, strides, suffix):
-        return conv2d(
-            filters,
-            kernel_size,
-            strides,
-            regularizer,
-            data_format,
-            f"{name}_{suffix}",
-            dtype=dtype,
-        )
-
-    shortcut = x
-    y = conv(width, 3, stride, "conv1")(x)
-    y = batch_norm(data_format, f"{name}_bn1", dtype)(y)
-    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
-    y = conv(width, 3, 1, "conv2")(y)
-    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
-    if stride != 1 or x.shape[channel_axis(data_format)] != width:
-        shortcut = conv(width, 1, stride, "shortcut_conv")(x)
-        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
-    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
-    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
 
 
 def resnet20(**kwargs):

@@ -111,3 +111,64 @@ def batch_norm(data_format, name, dtype=None):
     return layers.BatchNormalization(
         axis=channel_axis(data_format), name=name, dtype=dtype
     )
+
+
+def residual_output(x, y, regularizer, data_format, dtype, name, stride):
+    """`ReLU(y + shortcut(x))`, the end of every residual block.
+
+    The shortcut is the identity, or a strided 1x1 convolution + batch norm
+    (`{name}_shortcut_conv`, `{name}_shortcut_bn`) when the stride or the
+    number of channels changes. Layers: `{name}_add`, `{name}_out`.
+    """
+    width = y.shape[channel_axis(data_format)]
+    shortcut = x
+    if stride != 1 or x.shape[channel_axis(data_format)] != width:
+        shortcut = conv2d(
+            width,
+            1,
+            stride,
+            regularizer,
+            data_format,
+            f"{name}_shortcut_conv",
+            dtype=dtype,
+        )(x)
+        shortcut = batch_norm(data_format, f"{name}_shortcut_bn", dtype)(shortcut)
+    y = layers.Add(name=f"{name}_add", dtype=dtype)([y, shortcut])
+    return layers.ReLU(name=f"{name}_out", dtype=dtype)(y)
+
+
+def basic_block(
+    x, width, stride, regularizer, data_format, dtype, name, pad_symmetric=False
+):
+    """Two 3x3 conv-BN layers with an identity or projection shortcut.
+
+    Layers `{name}_conv1`, `_bn1`, `_relu1`, `_conv2`, `_bn2`, then
+    `residual_output`'s. With `pad_symmetric` (ImageNet ResNets), a strided
+    first convolution pads symmetrically (`ZeroPadding2D(1)`, `{name}_pad1`,
+    then `padding="valid"`), as PyTorch does; otherwise it pads `"same"`.
+    """
+
+    def conv(filters, strides, suffix, padding="same"):
+        return conv2d(
+            filters,
+            3,
+            strides,
+            regularizer,
+            data_format,
+            f"{name}_{suffix}",
+            padding=padding,
+            dtype=dtype,
+        )
+
+    if stride != 1 and pad_symmetric:
+        y = layers.ZeroPadding2D(
+            1, data_format=data_format, name=f"{name}_pad1", dtype=dtype
+        )(x)
+        y = conv(width, stride, "conv1", padding="valid")(y)
+    else:
+        y = conv(width, stride, "conv1")(x)
+    y = batch_norm(data_format, f"{name}_bn1", dtype)(y)
+    y = layers.ReLU(name=f"{name}_relu1", dtype=dtype)(y)
+    y = conv(width, 1, "conv2")(y)
+    y = batch_norm(data_format, f"{name}_bn2", dtype)(y)
+    return residual_output(x, y, regularizer, data_format, dtype, name, stride)
