@@ -243,6 +243,110 @@ def test_a_baseline_without_validation_exports_its_deploy_peer_and_says_so(
 
 
 # ---------------------------------------------------------------------------
+# `train_images`: a class-balanced subset of the training split.
+# ---------------------------------------------------------------------------
+
+
+def examples(dataset):
+    """`(images, labels)` of an unbatched dataset, as two numpy arrays."""
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
+
+
+def digits_config(**overrides):
+    values = dict(dataset="digits", image_size=(8, 8), validation_split=0.2)
+    values.update(overrides)
+    return training.TrainConfig(**values)
+
+
+def test_train_images_draws_a_class_balanced_subset_of_the_digits():
+    full = training.load_data(digits_config())
+    subset = training.load_data(digits_config(train_images=25))
+    assert (full.num_train, full.num_validation) == (1438, 359)
+    assert (subset.num_train, subset.num_validation) == (25, 359)
+    images, labels = examples(subset.train)
+    assert len(labels) == 25
+    # 25 = 10 * 2 + 5: the first five classes get one more.
+    assert np.bincount(labels, minlength=10).tolist() == [3] * 5 + [2] * 5
+    # Images of the training split, with their labels, none twice.
+    full_images, full_labels = examples(full.train)
+    rows = {(im.tobytes(), int(y)) for im, y in zip(full_images, full_labels)}
+    drawn = {(im.tobytes(), int(y)) for im, y in zip(images, labels)}
+    assert drawn <= rows and len(drawn) == 25
+    # The validation split is exactly the one without a subset.
+    for a, b in zip(examples(full.validation), examples(subset.validation)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_subset_is_seeded_and_nested():
+    def drawn(**overrides):
+        images, labels = examples(training.load_data(digits_config(**overrides)).train)
+        return {(im.tobytes(), int(y)) for im, y in zip(images, labels)}
+
+    twenty = drawn(train_images=20)
+    assert drawn(train_images=20) == twenty
+    assert twenty < drawn(train_images=50)  # 2 of each class among 5 of each
+    other_seed = training.load_data(digits_config(train_images=20, seed=1))
+    assert other_seed.num_train == 20
+    assert drawn(train_images=20, seed=1) != twenty
+
+
+def test_train_images_subsets_an_image_folder_and_sets_the_steps(tmp_path):
+    data = str(tmp_path / "images")
+    write_image_folder(data, classes=3, per_class=8, size=8)
+    config = training.TrainConfig(
+        dataset=data, validation_split=0.25, batch_size=2, train_images=7
+    )
+    full = training.load_data(dataclasses.replace(config, train_images=0))
+    subset = training.load_data(config)
+    assert (full.num_train, subset.num_train) == (18, 7)
+    assert np.bincount(examples(subset.train)[1]).tolist() == [3, 2, 2]
+    for a, b in zip(examples(full.validation), examples(subset.validation)):
+        np.testing.assert_array_equal(a, b)
+    assert training.job.prepare_data(config).steps_per_epoch == 3  # 7 // 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(train_images=-1), r"`train_images` must be an int >= 0"),
+        (dict(train_images=2.5), r"`train_images` must be an int >= 0"),
+        (
+            dict(dataset="imagenet2012", train_images=1000),
+            r"`train_images` must be 0 for dataset='imagenet2012'",
+        ),
+    ],
+)
+def test_bad_train_images_raise_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**overrides).validate()
+    with pytest.raises(ValueError, match=message):
+        training.load_data(training.TrainConfig(**overrides))
+
+
+@pytest.mark.parametrize(
+    "train_images, message",
+    [
+        (9, r"`train_images` must be an int >= 10\. Received: train_images=9"),
+        (1430, r"asks 143 of class '0', which has 142 .*train_images=1430"),
+    ],
+)
+def test_train_images_the_digits_cannot_serve_raise(train_images, message):
+    with pytest.raises(ValueError, match=message):
+        training.load_data(digits_config(train_images=train_images))
+
+
+def test_train_images_is_a_flag_of_the_scripts():
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    training.define_flags(flag_values=flag_values)
+    flag_values(["prog", "--train_images=500"])
+    assert training.config_from_flags(flag_values).train_images == 500
+    assert training.TrainConfig().train_images == 0
+
+
+# ---------------------------------------------------------------------------
 # keras.applications backbones and fine-tuning (examples/finetune.py).
 # ---------------------------------------------------------------------------
 

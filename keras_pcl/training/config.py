@@ -145,6 +145,14 @@ class TrainConfig:
         "(model selection never touches a test split). 0: none, except for "
         "ImageNet, where 0 means the official validation split.",
     )
+    train_images: int = _field(
+        0,
+        "Train on a class-balanced subset of this many images of the "
+        "training split (as many of every class as can be, the first classes "
+        "taking one more when it does not divide; drawn with `seed`); the "
+        "validation split is untouched. 0: every training image. Digits, "
+        "CIFAR and image folders (not ImageNet).",
+    )
     host_augmentation: bool = _field(
         False,
         "Augment on the host (tf.data, one view per peer) instead of inside "
@@ -230,6 +238,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "steps_per_execution"):
             validation.check_int(name, getattr(self, name), minimum=1)
         validation.check_int("save_freq", self.save_freq, minimum=0)
+        from keras_pcl.training.data import check_train_images
+
+        check_train_images(self)
         if self.steps_per_epoch is not None:
             validation.check_int("steps_per_epoch", self.steps_per_epoch, minimum=1)
         validation.check_number(

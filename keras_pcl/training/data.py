@@ -15,7 +15,44 @@ def load_data(config):
     CIFAR and image folders come unbatched and in a fixed order (decoded
     once, in memory): `training_stream` shuffles and batches them per
     epoch. ImageNet comes as the loader's own batched pipeline.
+
+    With `config.train_images` N > 0, the training split is a class-balanced
+    subset of N of its images (`training_subset`), still in dataset order;
+    the validation split is the same as without it.
+
+    Raises:
+        ValueError: an unknown `dataset`, or `train_images` that the
+            dataset cannot serve (ImageNet; more images than the training
+            split has of some class).
     """
+    check_train_images(config)
+    splits = _load(config)
+    if config.train_images:
+        splits = training_subset(splits, config.train_images, config.seed)
+    return splits
+
+
+def check_train_images(config):
+    """Raises a `ValueError` for a `config.train_images` its dataset lacks.
+
+    An int >= 0, and 0 for ImageNet (its training split is a pipeline of
+    records, not decoded into memory, so no subset is drawn from it).
+    Whether every class has enough images is known once the data is read
+    (`training_subset`).
+    """
+    from keras_pcl import validation
+
+    validation.check_int("train_images", config.train_images, minimum=0)
+    validation.check(
+        not config.train_images or config.dataset != "imagenet2012",
+        "train_images",
+        config.train_images,
+        "0 for dataset='imagenet2012' (its training split is a pipeline of "
+        "records, not in memory: no subset is drawn from it)",
+    )
+
+
+def _load(config):
     from keras_pcl import data
 
     common = dict(
@@ -48,6 +85,60 @@ def load_data(config):
         "the path of an image folder (one sub-folder per class); no directory "
         f"{config.dataset!r} exists. Received: dataset={config.dataset!r}"
     )
+
+
+def training_subset(splits, train_images, seed=0):
+    """`splits` with a class-balanced subset of `train_images` training images.
+
+    Every class gets `train_images // C` images of the training split (`C`
+    classes), and the first `train_images % C` classes one more. Which
+    images is a seeded draw made separately for each class (nested: a
+    smaller subset of the same seed is part of a larger one), kept in
+    dataset order. The validation split is returned as it is.
+
+    Args:
+        splits: an unbatched, in-memory `DataSplits` (what `load_data` reads
+            for digits, CIFAR and image folders).
+        train_images: int >= number of classes.
+        seed: int >= 0, the seed of the draw.
+
+    Raises:
+        ValueError: fewer `train_images` than classes, or more than the
+            training split has of some class.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_pcl import validation
+
+    num_classes = len(splits.class_names)
+    validation.check_int("train_images", train_images, minimum=num_classes)
+    images, labels = splits.train.batch(splits.num_train).get_single_element()
+    labels_np = np.asarray(labels)
+    share, extra = divmod(train_images, num_classes)
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels_np == c)
+        count = share + (c < extra)
+        if count > len(members):
+            validation.raise_invalid(
+                "train_images",
+                train_images,
+                "a number of images that every class of the training split "
+                f"can serve: it asks {count} of class "
+                f"{splits.class_names[c]!r}, which has {len(members)} (the "
+                f"training split: {splits.num_train} images, {num_classes} "
+                "classes)",
+            )
+        # Salted: not the generator `balanced_split` draws the validation
+        # split of this class with.
+        rng = np.random.default_rng([int(seed), c, 1])
+        chosen.append(members[rng.permutation(len(members))[:count]])
+    indices = np.sort(np.concatenate(chosen))
+    train = tf.data.Dataset.from_tensor_slices(
+        (tf.gather(images, indices), tf.gather(labels, indices))
+    )
+    return splits._replace(train=train, num_train=len(indices))
 
 
 def training_stream(

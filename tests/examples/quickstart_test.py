@@ -1,6 +1,7 @@
 """The quickstart example runs end to end on a tiny generated image folder."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -59,16 +60,20 @@ def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
         "peer ensemble",
         "peer 0 mean teacher",
         "deployed: peer",
+        "resnet8 alone, same epochs (1 epochs)",
         "resnet8 alone, 1 s",
     ]:
         assert row in out, row
     assert "reloaded, it predicts the same" in out
+    # The default training subset of the digits; the validation split: 20%.
+    header = re.search(r"on digits \((\d+) training images, 359 validation;", out)
+    assert header and 10 <= int(header.group(1)) < 1438, out[-2000:]
     percentages = [
         float(line.split()[-1].rstrip("%"))
         for line in out.splitlines()
         if line.strip().endswith("%")
     ]
-    assert len(percentages) == 9 and all(0 <= p <= 100 for p in percentages)
+    assert len(percentages) == 10 and all(0 <= p <= 100 for p in percentages)
     exported = workdir / (
         "deployed.keras" if keras.backend.backend() == "torch" else "deployed"
     )
