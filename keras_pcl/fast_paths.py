@@ -63,7 +63,8 @@ def enabled():
     return value in ("1", "true")
 
 
-def _compiling():
+def compiling():
+    """Whether `torch.compile` is tracing (the fast paths then step aside)."""
     import torch
 
     return torch.compiler.is_compiling()
@@ -91,9 +92,12 @@ def covers(layer, x, training):
     fuses Keras' own ops itself, and its symbolic shapes would meet the
     Python conditions here.
     """
-    if _compiling() or len(x.shape) != 4 or not _plain_float32(layer, x):
+    kind = type(layer)
+    if kind not in (keras.layers.Conv2D, keras.layers.BatchNormalization):
         return False
-    if type(layer) is keras.layers.Conv2D:
+    if compiling() or len(x.shape) != 4 or not _plain_float32(layer, x):
+        return False
+    if kind is keras.layers.Conv2D:
         return layer.data_format == "channels_last"
     if type(layer) is keras.layers.BatchNormalization:
         return (
@@ -105,6 +109,13 @@ def covers(layer, x, training):
             and not layer.synchronized
         )
     return False
+
+
+def call(layer, x):
+    """`conv2d` or `batch_norm`, whichever `layer` is (`covers` must hold)."""
+    if type(layer) is keras.layers.Conv2D:
+        return conv2d(layer, x)
+    return batch_norm(layer, x)
 
 
 def conv2d(layer, x):

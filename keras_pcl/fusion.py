@@ -406,10 +406,7 @@ def _run(plan, inputs, num_views, training, fast):
                 plan.nested[id(node)], nested_inputs, num_views, training, fast
             )
         elif fast and _fast_path_applies(operation, args, kwargs, num_views, training):
-            if type(operation) is keras.layers.Conv2D:
-                outputs = fast_paths.conv2d(operation, args[0])
-            else:
-                outputs = fast_paths.batch_norm(operation, args[0])
+            outputs = fast_paths.call(operation, args[0])
         elif type(operation) is keras.layers.BatchNormalization:
             outputs = _batch_norm(operation, args[0], num_views, training)
         else:
@@ -423,13 +420,8 @@ def _run(plan, inputs, num_views, training, fast):
     return [tensors[id(reference)] for reference in network.outputs]
 
 
-_FAST_LAYERS = (keras.layers.Conv2D, keras.layers.BatchNormalization)
-
-
 def _fast_path_applies(layer, args, kwargs, num_views, training):
     """Whether `keras_pcl.fast_paths` computes this call exactly."""
-    if type(layer) not in _FAST_LAYERS:
-        return False
     if len(args) != 1 or kwargs.get("mask") is not None:
         return False
     if type(layer) is keras.layers.BatchNormalization and num_views != 1:

@@ -61,7 +61,10 @@ def update_mean_teacher(
 
 
 def _all_float32(*variable_lists):
-    return not (_compat.in_stateless_scope() or fast_paths._compiling()) and all(
+    # Per call, not once: `Variable.dtype` reads the autocast scope, so under
+    # a mixed-precision policy it is float16 here and the generic loop keeps
+    # the numbers it always had.
+    return not (_compat.in_stateless_scope() or fast_paths.compiling()) and all(
         v.dtype == "float32" for variables in variable_lists for v in variables
     )
 
