@@ -75,6 +75,21 @@ def scale_loss_for_replicas(loss):
     return loss * (1.0 / replicas)
 
 
+def without_autocast():
+    """A context in which Keras reads float variables in their own dtype.
+
+    Inside a layer's `__call__` under a mixed-precision policy Keras sets
+    an autocast scope: every float32 variable then reads (and reports its
+    `dtype`) as float16 or bfloat16. The mean-teacher EMA runs inside the
+    model's call and must read and compute in float32, the variables'
+    storage dtype; `Layer.__call__` itself enters `AutocastScope(None)` for
+    layers with `autocast=False`. Keras exports no public way to do so.
+    """
+    from keras.src.backend import AutocastScope
+
+    return AutocastScope(None)
+
+
 # ----------------------------------------------------------------------
 # PyTorch
 # ----------------------------------------------------------------------

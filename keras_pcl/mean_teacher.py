@@ -50,20 +50,23 @@ def update_mean_teacher(
             of them with three multi-tensor ops
             (`keras_pcl.fast_paths.ema_update`, bitwise the same result).
     """
-    alpha = ema_decay_at(step, ema_decay)
-    if fast and _all_float32(student_variables, teacher_variables):
-        fast_paths.ema_update(student_variables, teacher_variables, alpha)
-        return
-    for student, teacher in zip(student_variables, teacher_variables):
-        value = ops.stop_gradient(ops.cast(student, teacher.dtype))
-        a = ops.cast(alpha, teacher.dtype)
-        teacher.assign(a * teacher + (1.0 - a) * value)
+    # The model calls this inside its own `__call__`, where a mixed-precision
+    # policy autocasts float32 variables to float16 on read: the average
+    # would then be taken in float16 (at alpha = 0.999, `1 - alpha` rounds to
+    # 0.000977 and updates below a float16 ulp of the teacher are lost). It
+    # runs in the variables' own dtype instead.
+    with _compat.without_autocast():
+        alpha = ema_decay_at(step, ema_decay)
+        if fast and _all_float32(student_variables, teacher_variables):
+            fast_paths.ema_update(student_variables, teacher_variables, alpha)
+            return
+        for student, teacher in zip(student_variables, teacher_variables):
+            value = ops.stop_gradient(ops.cast(student, teacher.dtype))
+            a = ops.cast(alpha, teacher.dtype)
+            teacher.assign(a * teacher + (1.0 - a) * value)
 
 
 def _all_float32(*variable_lists):
-    # Per call, not once: `Variable.dtype` reads the autocast scope, so under
-    # a mixed-precision policy it is float16 here and the generic loop keeps
-    # the numbers it always had.
     return not (_compat.in_stateless_scope() or fast_paths.compiling()) and all(
         v.dtype == "float32" for variables in variable_lists for v in variables
     )

@@ -119,3 +119,21 @@ def test_foreach_ops_multiply_and_add_every_tensor():
     _compat.foreach_mul_(a, 3.0)
     _compat.foreach_add_(a, b)
     assert [t.tolist() for t in a] == [[3.5, 6.25], [[13.0]]]
+
+
+def test_without_autocast_reads_float32_variables_as_float32():
+    seen = {}
+
+    class Probe(keras.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(2,), initializer="ones")
+
+        def call(self, x):
+            seen["autocast"] = keras.backend.standardize_dtype(self.w.value.dtype)
+            with _compat.without_autocast():
+                seen["without"] = keras.backend.standardize_dtype(self.w.value.dtype)
+                seen["dtype"] = self.w.dtype
+            return x
+
+    Probe(dtype="mixed_float16")(np.ones((1, 2), "float32"))
+    assert seen == {"autocast": "float16", "without": "float32", "dtype": "float32"}

@@ -200,3 +200,65 @@ def test_mean_teachers_are_not_trained_but_normalise_with_batch_statistics():
     assert not any(
         id(v) in trainable for _, teacher in pairs(model) for v in teacher.weights
     )
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mean_teacher_update_is_float32_under_mixed_precision(policy):
+    """The EMA of one step equals a float64 EMA to float32 rounding.
+
+    Before the fix the update ran inside the model's autocast scope, i.e. in
+    float16 (or bfloat16): `1 - 0.999` and every teacher weight rounded to
+    11 (8) significant bits. The last assertion checks that such an update
+    would fail this test's tolerance.
+    """
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        x, y = colour_dataset(BATCH)
+        model = keras_pcl.PeerCollaborativeModel(
+            tiny_backbone(),
+            num_classes=3,
+            split_at="split",
+            num_peers=2,
+            augmentation=None,
+            ema_decay=0.999,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.02))
+        model.step_counter.assign(10**6)  # alpha_k = min(1 - 1e-6, 0.999)
+        rng = np.random.default_rng(0)
+        for (_, teacher), trained in zip(pairs(model), trainable_mask(model)):
+            teacher.set_weights(
+                [
+                    w + rng.normal(0, 0.1, w.shape).astype(w.dtype) if t else w
+                    for w, t in zip(weights_of(teacher), trained)
+                ]
+            )
+        students = [weights_of(s) for s, _ in pairs(model)]
+        teachers = [weights_of(t) for _, t in pairs(model)]
+        mask = trainable_mask(model)
+        model.train_on_batch(x, y)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    low = np.float16 if policy == "mixed_float16" else None
+    low_precision_would_pass = True
+    for (_, teacher), s_part, t_part, m_part in zip(
+        pairs(model), students, teachers, mask
+    ):
+        for got, s, t, trained in zip(weights_of(teacher), s_part, t_part, m_part):
+            if not trained:  # moving statistics are the teacher's own
+                continue
+            want = 0.999 * t.astype("float64") + 0.001 * s.astype("float64")
+            # float32 `a * t + (1 - a) * s`: alpha, 1 - alpha, the two
+            # products and the sum each round by <= 1/2 ulp of at most
+            # max(|t|, |s|); 4 ulps of that magnitude bound the total.
+            atol = 4 * np.finfo("float32").eps * np.maximum(abs(t), abs(s))
+            np.testing.assert_array_less(abs(got - want), atol + 1e-30)
+            if low is not None:
+                a = low(0.999)
+                emulated = a * t.astype(low) + (low(1) - a) * s.astype(low)
+                low_precision_would_pass &= bool(
+                    np.all(abs(emulated.astype("float64") - want) < atol + 1e-30)
+                )
+    if low is not None:
+        assert not low_precision_would_pass
