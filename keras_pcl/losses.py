@@ -16,6 +16,7 @@ computes `T^2 * KL(softmax(t/T) || softmax(z/T))` exactly, in log space.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -106,6 +107,59 @@ def standardize_labels(y_true, num_classes):
         f"(batch, 1), or one-hot labels of shape (batch, {num_classes}). "
         f"Received: y.shape={shape}"
     )
+
+
+def check_label_values(y_true, num_classes, name="y"):
+    """Raises a clear error for class ids outside `[0, num_classes)`.
+
+    A compiled training step cannot raise on data: an out-of-range id
+    becomes an `IndexError` from inside PyTorch, an error from inside
+    TensorFlow's kernel, or, on JAX, a silent all-zero target. So the
+    model checks in-memory labels (NumPy arrays, lists, backend tensors)
+    on the host before `fit`, `evaluate`, `train_on_batch` or
+    `test_on_batch` start. A `tf.data.Dataset` or a `PyDataset` is not
+    read ahead of training and is not checked.
+
+    Args:
+        y_true: labels, as accepted by `standardize_labels`; one-hot labels
+            and datasets are returned unchecked.
+        num_classes: int, the number of classes of the logits.
+        name: the argument's name, for the message.
+
+    Raises:
+        ValueError: naming the first bad id and its index.
+
+    Example:
+
+    >>> check_label_values(np.array([0, 2, 1]), num_classes=3)
+    >>> try:
+    ...     check_label_values(np.array([0, 3]), num_classes=3)
+    ... except ValueError as error:
+    ...     print(str(error).split("Received: ")[1])
+    y[1]=3 (1 of 2 labels out of range)
+    """
+    if isinstance(y_true, list):
+        y_true = np.asarray(y_true)
+    elif keras.ops.is_tensor(y_true):
+        y_true = keras.ops.convert_to_numpy(y_true)
+    if not isinstance(y_true, np.ndarray) or y_true.size == 0:
+        return
+    sparse = y_true.ndim == 1 or (
+        y_true.ndim == 2 and y_true.shape[-1] == 1 and num_classes != 1
+    )
+    if not sparse or not np.issubdtype(y_true.dtype, np.number):
+        return
+    flat = y_true.reshape(-1)
+    bad = (flat < 0) | (flat >= num_classes) | (flat != np.floor(flat))
+    if bad.any():
+        index = int(np.argmax(bad))
+        raise ValueError(
+            f"`{name}` must hold integer class ids in [0, {num_classes}) "
+            f"(the model's `num_classes` is {num_classes}); relabel the data "
+            "or build the model with more classes. Received: "
+            f"{name}[{index}]={flat[index].item()!r} ({int(bad.sum())} of {flat.size} "
+            "labels out of range)"
+        )
 
 
 def consistency_rampup(step, rampup_steps, max_weight=1.0):

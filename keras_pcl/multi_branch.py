@@ -35,6 +35,7 @@ from keras_pcl import fusion
 from keras_pcl.deployment import BestPeer  # noqa: F401 (public name, kept here)
 from keras_pcl.deployment import PeerDeployment
 from keras_pcl.deployment import clone_layer  # noqa: F401 (public name)
+from keras_pcl.losses import check_label_values
 from keras_pcl.losses import consistency_rampup
 from keras_pcl.losses import standardize_labels
 from keras_pcl.splitting import check_backbone
@@ -541,6 +542,31 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     # ------------------------------------------------------------------
     # Loss and metrics
     # ------------------------------------------------------------------
+
+    # Labels in memory are checked on the host first: inside the compiled
+    # step an out-of-range class id is an error from deep inside the
+    # backend, or silently a zero target (`losses.check_label_values`).
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        check_label_values(y, self.num_classes, "y")
+        validation_data = kwargs.get("validation_data")
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
+            check_label_values(
+                validation_data[1], self.num_classes, "validation_data[1]"
+            )
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        check_label_values(y, self.num_classes, "y")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        check_label_values(y, self.num_classes, "y")
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        check_label_values(y, self.num_classes, "y")
+        return super().test_on_batch(x, y, *args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training; the method's loss is built in.

@@ -377,6 +377,43 @@ def test_labels_of_the_wrong_rank_raise():
         model.fit(x, np.zeros((8, 2, 2)), batch_size=8, verbose=0)
 
 
+@pytest.mark.parametrize(
+    "call, bad, message",
+    [
+        ("fit", [0, 1, 3, 2], r"`y` must hold integer class ids in \[0, 3\).*y\[2\]=3"),
+        ("fit", [0, -1, 1, 2], r"y\[1\]=-1 \(1 of 4 labels"),
+        ("fit_validation", [0, 1, 2, 7], r"validation_data\[1\]\[3\]=7"),
+        ("evaluate", [[0], [5], [1], [2]], r"y\[1\]=5"),
+        ("train_on_batch", [0.0, 1.5, 2.0, 1.0], r"y\[1\]=1.5"),
+        ("test_on_batch", [0, 1, 2, 3], r"y\[3\]=3"),
+    ],
+)
+def test_out_of_range_labels_raise_before_training(call, bad, message):
+    model = make_model()
+    model.compile(optimizer=sgd())
+    x, y = colour_dataset(4)
+    before = model.get_weights()
+    bad = np.array(bad)
+    with pytest.raises(ValueError, match=message):
+        if call == "fit":
+            model.fit(x, bad, batch_size=4, verbose=0)
+        elif call == "fit_validation":
+            model.fit(x, y, validation_data=(x, bad), batch_size=4, verbose=0)
+        else:
+            getattr(model, call)(x, bad, **({} if "batch" in call else {"verbose": 0}))
+    for got, want in zip(model.get_weights(), before):  # raised before a step
+        np.testing.assert_array_equal(got, want)
+
+
+def test_labels_as_a_backend_tensor_are_checked():
+    model = make_model()
+    model.compile(optimizer=sgd())
+    x, _ = colour_dataset(4)
+    y = keras.ops.convert_to_tensor(np.array([0, 1, 2, 9]))
+    with pytest.raises(ValueError, match=r"y\[3\]=9"):
+        model.fit(x, y, batch_size=4, verbose=0)
+
+
 def test_compile_refuses_a_loss():
     model = make_model()
     with pytest.raises(ValueError, match="loss='mse'"):
