@@ -68,6 +68,27 @@ def epochs_for(images):
     return max(1, round(target / steps_per_epoch(images)))
 
 
+def validation_freq_for(epochs, max_validations=15):
+    """The smallest divisor of `epochs` that validates at most 15 times.
+
+    Validation does not change training; at 117 epochs of 10 steps it
+    would cost more than the training itself. A divisor, so that the final
+    epoch (which selects the deployed network) is validated.
+    """
+    return next(
+        d
+        for d in range(1, epochs + 1)
+        if epochs % d == 0 and epochs // d <= max_validations
+    )
+
+
+def validation_freq(images):
+    """Every epoch for the protocol's own runs (its per-epoch plot)."""
+    if images == PROTOCOL_IMAGES:
+        return 1
+    return validation_freq_for(epochs_for(images))
+
+
 def tag_for(images):
     return "accuracy_cpu" if images == PROTOCOL_IMAGES else f"data_efficiency_{images}"
 
@@ -191,6 +212,7 @@ def main(argv):
                 os.path.join(_HERE, "accuracy.py"),
                 f"--train_images={images}",
                 f"--epochs={epochs_for(images)}",
+                f"--validation_freq={validation_freq(images)}",
                 f"--methods={','.join(FLAGS.methods)}",
                 f"--seeds={','.join(FLAGS.seeds)}",
                 f"--tag={tag_for(images)}",

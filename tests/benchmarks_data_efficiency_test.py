@@ -21,6 +21,15 @@ def test_every_size_gets_about_the_protocols_steps(images, epochs):
     assert abs(steps - 30 * 39) <= 0.15 * 30 * 39  # 1,170 steps, rounded epochs.
 
 
+@pytest.mark.parametrize("images", [1280, 2560, 10240, 45000])
+def test_validation_is_sparse_but_always_on_the_final_epoch(images):
+    epochs = data_efficiency.epochs_for(images)
+    every = data_efficiency.validation_freq(images)
+    assert epochs % every == 0  # Keras validates epochs N, 2N, ..., the last.
+    assert epochs // every <= 15
+    assert data_efficiency.validation_freq(5000) == 1  # the protocol's plot
+
+
 def test_the_curve_reads_each_sizes_runs_and_skips_other_schedules(tmp_path):
     def write(tag, rows):
         with open(tmp_path / f"{tag}_runs.jsonl", "w") as f:
