@@ -424,6 +424,9 @@ def _fast_path_applies(layer, args, kwargs, num_views, training):
     """Whether `keras_pcl.fast_paths` computes this call exactly."""
     if len(args) != 1 or kwargs.get("mask") is not None:
         return False
+    inputs = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
+    if any(getattr(t, "_keras_mask", None) is not None for t in inputs):
+        return False  # `Layer.__call__` would propagate the mask.
     if type(layer) is keras.layers.BatchNormalization and num_views != 1:
         return False  # Per-view statistics: `_batch_norm`.
     return fast_paths.covers(layer, args[0], training)

@@ -216,6 +216,55 @@ def test_covers_refuses_what_it_does_not_compute_exactly():
 
 
 @torch_only
+@pytest.mark.parametrize(
+    "make, arity",
+    [
+        (lambda: keras.layers.ReLU(), 1),
+        (lambda: keras.layers.Activation("relu"), 1),
+        (lambda: keras.layers.Add(), 2),
+        (lambda: keras.layers.Add(), 3),
+    ],
+    ids=["relu", "activation_relu", "add2", "add3"],
+)
+def test_elementwise_equals_the_keras_layer_bitwise(make, arity):
+    # The same backend op on the same tensors: equal values and gradients,
+    # bit for bit (exact zeros included, where ReLU's gradient is 0).
+    layer = make()
+    rng = np.random.default_rng(1)
+    inputs = [
+        torch_tensor(
+            np.where(
+                rng.random((3, 4, 4, 5)) < 0.1, 0.0, rng.normal(size=(3, 4, 4, 5))
+            ),
+            True,
+        )
+        for _ in range(arity)
+    ]
+    x = inputs if arity > 1 else inputs[0]
+    assert fast_paths.covers(layer, x, training=True)
+    expected = layer(x)
+    got = fast_paths.call(layer, x)
+    np.testing.assert_array_equal(got.detach().numpy(), expected.detach().numpy())
+    cotangent = torch_tensor(rng.normal(size=tuple(expected.shape)))
+    for g, e in zip(grads(got, inputs, cotangent), grads(expected, inputs, cotangent)):
+        np.testing.assert_array_equal(g, e)
+
+
+@torch_only
+def test_elementwise_covers_only_the_plain_layers():
+    x = torch_tensor(np.ones((2, 4, 4, 3)))
+    assert not fast_paths.covers(keras.layers.ReLU(max_value=6.0), x, True)
+    assert not fast_paths.covers(keras.layers.ReLU(negative_slope=0.1), x, True)
+    assert not fast_paths.covers(keras.layers.ReLU(threshold=0.5), x, True)
+    assert not fast_paths.covers(keras.layers.Activation("gelu"), x, True)
+    assert not fast_paths.covers(keras.layers.ReLU(dtype="mixed_float16"), x, True)
+    add = keras.layers.Add()
+    assert not fast_paths.covers(add, [x, torch_tensor(np.ones((2, 4, 1, 3)))], True)
+    assert not fast_paths.covers(add, [x], True)  # Keras raises for one input.
+    assert not fast_paths.covers(keras.layers.Subtract(), [x, x], True)
+
+
+@torch_only
 def test_ema_update_is_bitwise_the_generic_update():
     from keras_pcl.mean_teacher import update_mean_teacher
 
