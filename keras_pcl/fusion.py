@@ -198,7 +198,8 @@ class ViewBatchedNetwork:
     to float32 reduction order.
 
     Args:
-        network: a functional `keras.Model` for which `fusable` holds.
+        network: a functional `keras.Model` for which `fusable` holds (any
+            functional model of layers when `num_views` is 1).
         num_views: int >= 1, the number of views `m` per call.
         per_example_layers: as in `fusable`.
         fast: bool, use `keras_pcl.fast_paths` where they apply (torch
@@ -227,7 +228,11 @@ class ViewBatchedNetwork:
                 "`fast=True` uses PyTorch kernels and needs the torch backend. "
                 f"Received: fast=True with backend {keras.backend.backend()!r}"
             )
-        allowed = PER_EXAMPLE_LAYERS + tuple(per_example_layers)
+        # One view runs the network as it is: any layer (dropout, a layer
+        # that mixes the batch) computes what `network(view)` computes.
+        allowed = None if num_views == 1 else PER_EXAMPLE_LAYERS
+        if allowed is not None:
+            allowed += tuple(per_example_layers)
         try:
             plan = _graph_plan(network, allowed)
         except _NotFusable as error:
@@ -344,7 +349,10 @@ def _topological_nodes(inputs, outputs):
 
 
 def _check_operation(operation, node, model_name, allowed):
-    """Raises `_NotFusable` unless `operation` maps each example alone."""
+    """Raises `_NotFusable` unless `operation` maps each example alone.
+
+    `allowed=None` (one view): any layer, but still no raw `keras.ops` node.
+    """
     kind = type(operation).__name__
     where = f"'{operation.name}' ({kind}) of model '{model_name}'"
     if isinstance(operation, keras.layers.InputLayer) or node.is_input:
@@ -357,6 +365,8 @@ def _check_operation(operation, node, model_name, allowed):
             "only layers are checked for fusion (use the equivalent "
             "keras.layers layer, e.g. `keras.layers.Add` for `x + y`)."
         )
+    if allowed is None:
+        return
     if any(v.name == "seed_generator_state" for v in operation.variables):
         raise _NotFusable(
             f"Layer {where} draws random numbers in training: one draw for "

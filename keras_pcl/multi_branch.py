@@ -469,9 +469,10 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             return None
         key = id(layer)
         if key not in self._fast_runners:
-            runner = None
-            if fusion.fusable(layer)[0]:
+            try:  # One view: any functional model of layers.
                 runner = fusion.ViewBatchedNetwork(layer, 1, fast=True)
+            except ValueError:  # A subclassed model, raw ops in the graph.
+                runner = None
             self._fast_runners[key] = runner
         return self._fast_runners[key]
 

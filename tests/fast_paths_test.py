@@ -300,10 +300,28 @@ def test_ema_update_follows_the_spec_in_float64():
     np.testing.assert_allclose(ops.convert_to_numpy(variable), expected, atol=atol)
 
 
+def dropout_backbone():
+    """Not fusable (dropout draws per batch), but one view runs it as is."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="split")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.Dropout(0.3, name="drop")(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
 @torch_only
-@pytest.mark.parametrize("method", ["pcl", "one", "dml"])
-def test_training_with_fast_paths_equals_training_without(method, monkeypatch):
-    """Three steps of ResNet-8 with and without the fast paths."""
+@pytest.mark.parametrize(
+    "method, backbone",
+    [("pcl", "resnet8"), ("one", "resnet8"), ("dml", "resnet8"), ("pcl", "dropout")],
+)
+def test_training_with_fast_paths_equals_training_without(
+    method, backbone, monkeypatch
+):
+    """Three steps with and without the fast paths (ResNet-8, or with dropout)."""
     import keras_pcl
     from keras_pcl.methods import build_method
     from tests.testing import colour_dataset
@@ -312,8 +330,13 @@ def test_training_with_fast_paths_equals_training_without(method, monkeypatch):
     def run(flag):
         monkeypatch.setenv("KERAS_PCL_FAST_PATHS", flag)
         keras.utils.set_random_seed(11)
-        backbone = keras_pcl.backbones.CIFARResNet(depth=8, input_shape=(8, 8, 3))
-        model = build_method(method, backbone, num_classes=3, num_peers=3)
+        if backbone == "dropout":
+            model = build_method(
+                method, dropout_backbone(), num_classes=3, num_peers=3, split_at="split"
+            )
+        else:
+            network = keras_pcl.backbones.CIFARResNet(depth=8, input_shape=(8, 8, 3))
+            model = build_method(method, network, num_classes=3, num_peers=3)
         x, y = colour_dataset(24, image_size=8, seed=0)
         start = [ops.convert_to_numpy(w) for w in model.weights]
         # lr 0.01: see tests/fusion_test.py `pcl_run` (0.1 is chaotic here).
