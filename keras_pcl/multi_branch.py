@@ -549,6 +549,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     # backend, or silently a zero target (`losses.check_label_values`).
 
     def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, after `losses.check_label_values` on `y`."""
         check_label_values(y, self.num_classes, "y")
         validation_data = kwargs.get("validation_data")
         if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
@@ -558,14 +559,17 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after `losses.check_label_values` on `y`."""
         check_label_values(y, self.num_classes, "y")
         return super().evaluate(x, y, *args, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`, after `losses.check_label_values` on `y`."""
         check_label_values(y, self.num_classes, "y")
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.test_on_batch`, after `losses.check_label_values` on `y`."""
         check_label_values(y, self.num_classes, "y")
         return super().test_on_batch(x, y, *args, **kwargs)
 
