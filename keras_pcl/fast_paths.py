@@ -91,6 +91,9 @@ def _plain_float32(layer, x):
     )
 
 
+_ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.Add)
+
+
 def _plain_relu(layer):
     if type(layer) is keras.layers.ReLU:
         return (
@@ -143,9 +146,6 @@ def covers(layer, x, training):
             and not layer.synchronized
         )
     return False
-
-
-_ELEMENTWISE_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.Add)
 
 
 def call(layer, x):

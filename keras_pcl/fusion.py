@@ -230,9 +230,9 @@ class ViewBatchedNetwork:
             )
         # One view runs the network as it is: any layer (dropout, a layer
         # that mixes the batch) computes what `network(view)` computes.
-        allowed = None if num_views == 1 else PER_EXAMPLE_LAYERS
-        if allowed is not None:
-            allowed += tuple(per_example_layers)
+        allowed = (
+            None if num_views == 1 else PER_EXAMPLE_LAYERS + tuple(per_example_layers)
+        )
         try:
             plan = _graph_plan(network, allowed)
         except _NotFusable as error:
