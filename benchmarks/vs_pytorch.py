@@ -33,6 +33,12 @@ parameter), `keras.regularizers.L2(wd / 2)` on the convolution kernels of
 keras-pcl's backbone (the same gradient, as keras-pcl documents; 0 turns
 both off; `benchmarks/throughput.py` trains without it).
 
+`--with_tuned_allocator` runs every implementation a second time with
+`TUNED_ALLOCATOR_ENV` (glibc malloc tunables; labels end in
+`_tuned_malloc`), and the ratios then divide by the fastest plain-PyTorch
+worker of either kind. Every entry records the minor page faults per step
+(`minor_page_faults_per_step`, from `getrusage`).
+
 Run it on an otherwise idle machine: the processes take turns, but other
 load makes every figure meaningless (on 2 cores, a busy machine slows a
 2-thread PyTorch step tenfold). The issue's figures (#14):
@@ -50,6 +56,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,6 +66,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PROTOCOL = "@@vs_pytorch "
 BACKENDS = ("tensorflow", "jax", "torch")
+# glibc serves blocks over `mmap_threshold` (dynamic, 128 KiB to 32 MiB) with
+# fresh pages and returns free memory above `trim_threshold` to the OS, so a
+# CIFAR step's activations (8 MiB each at batch 128) are page-faulted and
+# zeroed by the kernel again at every step. 32 MiB is glibc's largest
+# threshold; the trim threshold keeps the freed heap for the next step.
+TUNED_ALLOCATOR_ENV = {
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:"
+    "glibc.malloc.trim_threshold=68719476736"
+}
+TUNED_SUFFIX = "_tuned_malloc"
 
 
 def parse_args(argv=None):
@@ -123,6 +140,12 @@ def parse_args(argv=None):
         default=1.0,
         help="Seconds of rest before each timed run (lets the previous "
         "worker's threads go idle).",
+    )
+    parser.add_argument(
+        "--with_tuned_allocator",
+        action="store_true",
+        help="Also run every implementation with GLIBC_MALLOC_TUNABLES "
+        "(glibc keeps freed activations instead of returning them to the OS).",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Write the results here.")
@@ -273,7 +296,10 @@ def worker_main(args):
         message = json.loads(line)
         if message["cmd"] == "quit":
             break
-        send({"seconds": timers[message["model"]]()})
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        seconds = timers[message["model"]]()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        send({"seconds": seconds, "minor_page_faults": faults})
 
 
 class Worker:
@@ -308,9 +334,11 @@ class Worker:
         raise RuntimeError(f"worker {self.label} exited with code {code}")
 
     def time(self, model):
+        """Seconds of one timed run, and the minor page faults it took."""
         self.process.stdin.write(json.dumps({"cmd": "time", "model": model}) + "\n")
         self.process.stdin.flush()
-        return self._receive()["seconds"]
+        reply = self._receive()
+        return reply["seconds"], reply["minor_page_faults"]
 
     def close(self):
         if self.process.poll() is None:
@@ -378,6 +406,11 @@ def run(args, argv):
                         dict(env, KERAS_PCL_FAST_PATHS="0"),
                     )
                 )
+    if args.with_tuned_allocator:
+        specs += [
+            (f"{label}{TUNED_SUFFIX}", spec, dict(env or {}, **TUNED_ALLOCATOR_ENV))
+            for label, spec, env in specs
+        ]
     models = _models(args)
     workers = []
     try:
@@ -393,12 +426,14 @@ def run(args, argv):
             workers.append(worker)
         entries = [(w, m) for w in workers for m in models]
         seconds = {(w.label, m): [] for w, m in entries}
+        page_faults = {(w.label, m): [] for w, m in entries}
         for r in range(args.rounds):
             shift = r % len(entries)
             for worker, model in entries[shift:] + entries[:shift]:
                 time.sleep(args.pause)
-                value = worker.time(model)
+                value, faults = worker.time(model)
                 seconds[(worker.label, model)].append(value)
+                page_faults[(worker.label, model)].append(faults)
                 print(
                     f"round {r + 1}/{args.rounds} {worker.label:<26} {model:<8} "
                     f"{args.batch_size * args.steps / value:8.1f} img/s",
@@ -414,12 +449,15 @@ def run(args, argv):
         entry["warmup_seconds"] = worker.warmup_seconds
         for model in models:
             entry[model] = _figures(seconds[(worker.label, model)], args)
+            entry[model]["minor_page_faults_per_step"] = (
+                statistics.median(page_faults[(worker.label, model)]) / args.steps
+            )
         if "vanilla" in entry:
             entry["pcl_vs_plain"] = (
                 entry["pcl"]["step_seconds"] / entry["vanilla"]["step_seconds"]
             )
         results[worker.label] = entry
-    references = [f"pytorch_{f}" for f in formats]
+    references = [label for label in results if label.startswith("pytorch_")]
     fastest = max(references, key=lambda k: results[k]["pcl"]["images_per_sec"])
     reference_ips = results[fastest]["pcl"]["images_per_sec"]
     for label, entry in results.items():
