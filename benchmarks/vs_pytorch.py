@@ -144,7 +144,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--with_tuned_allocator",
         action="store_true",
-        help="Also run every implementation with GLIBC_MALLOC_TUNABLES "
+        help="Also run every implementation with GLIBC_TUNABLES malloc settings "
         "(glibc keeps freed activations instead of returning them to the OS).",
     )
     parser.add_argument("--seed", type=int, default=0)
