@@ -121,6 +121,12 @@ def parse_args(argv=None):
         "(KERAS_PCL_FAST_PATHS=0, Keras' own ops), one more worker per format.",
     )
     parser.add_argument(
+        "--keras_ops",
+        action="store_true",
+        help="Also time keras-pcl with its fast paths off (KERAS_PCL_FAST_PATHS=0, "
+        "Keras' own ops) on every backend that has them (torch, tensorflow).",
+    )
+    parser.add_argument(
         "--jit_compile",
         choices=["auto", "true", "false"],
         default="auto",
@@ -394,11 +400,19 @@ def run(args, argv):
         env = {"KERAS_BACKEND": b}
         if b != "torch":
             specs.append((f"keras_pcl_{b}", f"keras:{b}", env))
+            if args.keras_ops and b == "tensorflow":
+                specs.append(
+                    (
+                        f"keras_pcl_{b}_keras_ops",
+                        f"keras:{b}",
+                        dict(env, KERAS_PCL_FAST_PATHS="0"),
+                    )
+                )
             continue
         for i, f in enumerate(torch_formats):
             label = "keras_pcl_torch" + ("" if i == 0 else f"_{f}")
             specs.append((label, f"keras:torch:{f}", env))
-            if args.torch_keras_ops:
+            if args.torch_keras_ops or args.keras_ops:
                 specs.append(
                     (
                         f"{label}_keras_ops",

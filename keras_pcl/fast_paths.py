@@ -52,25 +52,27 @@ from keras_pcl import _compat
 
 
 def enabled():
-    """Whether models built now use the fast paths (torch backend only).
+    """Whether models built now use the fast paths (torch and TensorFlow).
 
-    True on the torch backend unless the environment variable
-    `KERAS_PCL_FAST_PATHS` is `"0"`; always False on other backends, whose
-    compilers (XLA, Grappler) already fuse these ops.
+    True on the torch and TensorFlow backends unless the environment
+    variable `KERAS_PCL_FAST_PATHS` is `"0"`; always False on JAX, whose
+    compiler (XLA) fuses these ops itself.
     """
-    if keras.backend.backend() != "torch":
+    if keras.backend.backend() not in ("torch", "tensorflow"):
         return False
     value = os.environ.get("KERAS_PCL_FAST_PATHS", "1").strip().lower()
     if value not in ("0", "1", "false", "true"):
         raise ValueError(
             "The environment variable KERAS_PCL_FAST_PATHS must be '1' (use "
-            f"the PyTorch fast paths) or '0'. Received: {value!r}"
+            f"the fast paths) or '0'. Received: {value!r}"
         )
     return value in ("1", "true")
 
 
 def compiling():
     """Whether `torch.compile` is tracing (the fast paths then step aside)."""
+    if keras.backend.backend() != "torch":
+        return False
     import torch
 
     return torch.compiler.is_compiling()
@@ -78,10 +80,8 @@ def compiling():
 
 def _plain_float32(layer, x):
     """Whether `layer` runs in float32 on a float32 input, with no extras."""
-    import torch
-
     return (
-        x.dtype == torch.float32
+        keras.backend.standardize_dtype(x.dtype) == "float32"
         and layer.compute_dtype == "float32"
         and layer.variable_dtype == "float32"
         and getattr(layer, "quantization_mode", None) is None
@@ -125,9 +125,15 @@ def covers(layer, x, training):
 
     Never while `torch.compile` traces the step (`jit_compile=True`): it
     fuses Keras' own ops itself, and its symbolic shapes would meet the
-    Python conditions here.
+    Python conditions here. On TensorFlow only batch normalisation has one
+    (`batch_norm`): the other layers run in a traced graph, where skipping
+    `Layer.__call__` saves nothing per step.
     """
     kind = type(layer)
+    if keras.backend.backend() == "tensorflow":
+        return kind is keras.layers.BatchNormalization and _covers_tf_batch_norm(
+            layer, x, training
+        )
     if kind in _ELEMENTWISE_LAYERS:
         return not compiling() and _covers_elementwise(layer, x)
     if kind not in (keras.layers.Conv2D, keras.layers.BatchNormalization):
@@ -146,6 +152,25 @@ def covers(layer, x, training):
             and not layer.synchronized
         )
     return False
+
+
+# cuDNN's smallest batch-norm epsilon (`CUDNN_BN_MIN_EPSILON`, 1e-5): below
+# it TensorFlow's GPU kernel would not use the layer's own epsilon.
+_TF_MIN_EPSILON = 1.001e-5
+
+
+def _covers_tf_batch_norm(layer, x, training):
+    return (
+        bool(training)
+        and layer.trainable
+        and len(x.shape) == 4
+        and layer.axis in (-1, 3)  # FusedBatchNormV3's NHWC layout.
+        and x.shape[-1] is not None
+        and layer.epsilon >= _TF_MIN_EPSILON
+        and not layer.renorm
+        and not layer.synchronized
+        and _plain_float32(layer, x)
+    )
 
 
 def call(layer, x):
@@ -228,7 +253,8 @@ def conv2d(layer, x):
 def batch_norm(layer, x):
     """`layer(x, training=True)` for a 4-D `BatchNormalization`.
 
-    Normalises with PyTorch's fused kernel and the batch's mean and biased
+    Normalises with the backend's fused kernel (PyTorch's `batch_norm`,
+    TensorFlow's `FusedBatchNormV3`) and the batch's mean and biased
     variance, then updates the layer's moving statistics as Keras does.
 
     Args:
@@ -248,6 +274,8 @@ def batch_norm(layer, x):
     >>> tuple(batch_norm(layer, x).shape)
     (2, 4, 4, 3)
     """
+    if keras.backend.backend() == "tensorflow":
+        return _tf_batch_norm(layer, x)
     import torch
 
     gamma = layer.gamma.value if layer.scale else None
@@ -281,6 +309,48 @@ def batch_norm(layer, x):
         layer.moving_variance.assign(
             layer.moving_variance.value * momentum + variance * (1.0 - momentum)
         )
+    return outputs
+
+
+def _tf_batch_norm(layer, x):
+    """`batch_norm` on TensorFlow: one `FusedBatchNormV3` each way.
+
+    Keras' TensorFlow `BatchNormalization` in training is `tf.nn.moments`
+    plus `tf.nn.batch_normalization`: about ten element-wise and reduction
+    ops over the activations forward, more in the gradient, which Grappler
+    does not fuse (XLA would, but `jit_compile="auto"` runs TensorFlow on
+    CPU without it). The fused kernel returns the batch's unbiased
+    variance (`n / (n - 1)` times the biased one); the moving statistics
+    take Keras' biased variance back from it.
+    """
+    import tensorflow as tf
+
+    channels = x.shape[-1]
+    scale = layer.gamma.value if layer.scale else tf.ones((channels,), x.dtype)
+    offset = layer.beta.value if layer.center else tf.zeros((channels,), x.dtype)
+    outputs, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x,
+        scale=tf.convert_to_tensor(scale),
+        offset=tf.convert_to_tensor(offset),
+        mean=tf.constant([], x.dtype),
+        variance=tf.constant([], x.dtype),
+        epsilon=layer.epsilon,
+        exponential_avg_factor=1.0,
+        data_format="NHWC",
+        is_training=True,
+    )
+    count = tf.cast(tf.reduce_prod(tf.shape(x, out_type=tf.int64)[:-1]), x.dtype)
+    # n = 1: Keras' variance is 0; the kernel's n / (n - 1) is inf or nan.
+    variance = tf.math.multiply_no_nan(unbiased, (count - 1.0) / count)
+    mean = tf.stop_gradient(mean)
+    variance = tf.stop_gradient(variance)
+    momentum = layer.momentum
+    layer.moving_mean.assign(
+        layer.moving_mean.value * momentum + mean * (1.0 - momentum)
+    )
+    layer.moving_variance.assign(
+        layer.moving_variance.value * momentum + variance * (1.0 - momentum)
+    )
     return outputs
 
 

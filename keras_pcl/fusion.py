@@ -191,11 +191,12 @@ class ViewBatchedNetwork:
     under `jit_compile` and `steps_per_execution` on every backend; the
     graph walk happens at trace time.
 
-    With `fast=True` (torch backend), the layers that
-    `keras_pcl.fast_paths` covers run through its PyTorch fast paths
-    (channels-last convolutions without layout copies; with one view,
-    batch normalisation with PyTorch's fused kernel): the same numbers up
-    to float32 reduction order.
+    With `fast=True` (torch and TensorFlow backends), the layers that
+    `keras_pcl.fast_paths` covers run through its fast paths (torch:
+    channels-last convolutions without layout copies, `ReLU` and `Add`
+    without `Layer.__call__`; with one view, batch normalisation with the
+    backend's fused kernel on either backend): the same numbers up to
+    float32 reduction order.
 
     Args:
         network: a functional `keras.Model` for which `fusable` holds (any
@@ -203,7 +204,7 @@ class ViewBatchedNetwork:
         num_views: int >= 1, the number of views `m` per call.
         per_example_layers: as in `fusable`.
         fast: bool, use `keras_pcl.fast_paths` where they apply (torch
-            backend only; default False).
+            and TensorFlow backends only; default False).
 
     Raises:
         ValueError: if `network` is not fusable (with `fusable`'s reason).
@@ -223,10 +224,11 @@ class ViewBatchedNetwork:
     def __init__(self, network, num_views, per_example_layers=(), fast=False):
         check_int("num_views", num_views, minimum=1)
         check_bool("fast", fast)
-        if fast and keras.backend.backend() != "torch":
+        if fast and keras.backend.backend() not in ("torch", "tensorflow"):
             raise ValueError(
-                "`fast=True` uses PyTorch kernels and needs the torch backend. "
-                f"Received: fast=True with backend {keras.backend.backend()!r}"
+                "`fast=True` uses PyTorch or TensorFlow kernels and needs the "
+                "torch or tensorflow backend. Received: fast=True with backend "
+                f"{keras.backend.backend()!r}"
             )
         # One view runs the network as it is: any layer (dropout, a layer
         # that mixes the batch) computes what `network(view)` computes.

@@ -9,6 +9,7 @@ callback would be skipped with `steps_per_execution > 1` and would force a
 device-to-host sync every step on JAX).
 """
 
+import keras
 from keras import ops
 
 from keras_pcl import _compat
@@ -57,7 +58,11 @@ def update_mean_teacher(
     # runs in the variables' own dtype instead.
     with _compat.without_autocast():
         alpha = ema_decay_at(step, ema_decay)
-        if fast and _all_float32(student_variables, teacher_variables):
+        if (
+            fast
+            and keras.backend.backend() == "torch"
+            and _all_float32(student_variables, teacher_variables)
+        ):
             fast_paths.ema_update(student_variables, teacher_variables, alpha)
             return
         for student, teacher in zip(student_variables, teacher_variables):

@@ -1,4 +1,4 @@
-"""`keras_pcl.fast_paths`: the PyTorch kernels compute what the Keras layers do.
+"""`keras_pcl.fast_paths`: the fused kernels compute what the Keras layers do.
 
 Each fast path is compared with the Keras layer it stands in for (values,
 gradients, moving statistics), and a whole PCL run with the fast paths with
@@ -21,14 +21,18 @@ from tests.testing import float32_atol
 
 BACKEND = keras.backend.backend()
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch fast paths")
+tensorflow_only = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="TensorFlow fast path"
+)
+HAS_FAST_PATHS = BACKEND in ("torch", "tensorflow")
 
 
-def test_enabled_only_on_torch_and_read_from_the_environment(monkeypatch):
+def test_enabled_on_torch_and_tensorflow_and_read_from_the_environment(monkeypatch):
     monkeypatch.delenv("KERAS_PCL_FAST_PATHS", raising=False)
-    assert fast_paths.enabled() is (BACKEND == "torch")
+    assert fast_paths.enabled() is HAS_FAST_PATHS
     monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "0")
     assert fast_paths.enabled() is False
-    if BACKEND == "torch":
+    if HAS_FAST_PATHS:
         monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "yes")
         with pytest.raises(ValueError, match="KERAS_PCL_FAST_PATHS must be"):
             fast_paths.enabled()
@@ -43,7 +47,7 @@ def test_a_model_built_with_fast_paths_off_uses_keras_ops(monkeypatch):
     assert model._fast_paths is False
     monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "1")
     model = keras_pcl.PeerCollaborativeModel(tiny_backbone(), 2, split_at="split")
-    assert model._fast_paths is (BACKEND == "torch")
+    assert model._fast_paths is HAS_FAST_PATHS
 
 
 def torch_tensor(array, requires_grad=False):
@@ -100,19 +104,47 @@ def bn_inputs(seed=0, shape=(4, 5, 5, 3)):
     return rng.normal(size=shape) * scale + np.array([1.0, -3.0, 0.2])[: shape[-1]]
 
 
-@torch_only
+def forward_and_grads(fn, x_np, layer, cotangent):
+    """`fn(x)` and the gradients of `sum(fn(x) * cotangent)` with respect to
+    `x` and `layer.trainable_weights`, as NumPy arrays (torch or TensorFlow)."""
+    if BACKEND == "torch":
+        import torch
+
+        x = torch_tensor(x_np, requires_grad=True)
+        outputs = fn(x)
+        variables = [x] + [w.value for w in layer.trainable_weights]
+        gradients = torch.autograd.grad(
+            outputs, variables, grad_outputs=torch_tensor(cotangent)
+        )
+        return outputs.detach().numpy(), [g.numpy() for g in gradients]
+    import tensorflow as tf
+
+    x = tf.constant(np.asarray(x_np, "float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = fn(x)
+    variables = [x] + [w.value for w in layer.trainable_weights]
+    gradients = tape.gradient(
+        outputs, variables, output_gradients=tf.constant(cotangent, tf.float32)
+    )
+    return outputs.numpy(), [g.numpy() for g in gradients]
+
+
+@pytest.mark.skipif(not HAS_FAST_PATHS, reason="no fast paths on this backend")
 @pytest.mark.parametrize(
     "kwargs",
     [
         {},
         {"scale": False},
         {"center": False},
-        {"momentum": 0.9, "epsilon": 1e-5},
+        {"momentum": 0.9, "epsilon": 2e-5},  # Above cuDNN's floor (TF).
         {"axis": 1},
     ],
     ids=["default", "no_scale", "no_center", "momentum_epsilon", "channels_first"],
 )
 def test_batch_norm_equals_the_keras_layer(kwargs):
+    if BACKEND == "tensorflow" and kwargs.get("axis") == 1:
+        pytest.skip("FusedBatchNormV3 runs channels-last only (covers refuses)")
     x_np = bn_inputs()
     if kwargs.get("axis") == 1:
         x_np = np.ascontiguousarray(np.transpose(x_np, (0, 3, 1, 2)))
@@ -128,26 +160,29 @@ def test_batch_norm_equals_the_keras_layer(kwargs):
         b.assign(value)
     keras_layer, fast_layer = layers
     initial = [ops.convert_to_numpy(w) for w in keras_layer.non_trainable_weights]
-    x = torch_tensor(x_np, requires_grad=True)
-    assert fast_paths.covers(fast_layer, x, training=True)
-    expected = keras_layer(x, training=True)
-    got = fast_paths.batch_norm(fast_layer, x)
-    assert got.is_contiguous()
+    assert fast_paths.covers(
+        fast_layer, ops.convert_to_tensor(x_np, "float32"), training=True
+    )
+    cotangent = rng.normal(size=x_np.shape)
+    expected, expected_grads = forward_and_grads(
+        lambda x: keras_layer(x, training=True), x_np, keras_layer, cotangent
+    )
+    contiguous = []
+
+    def fast(x):
+        outputs = fast_paths.batch_norm(fast_layer, x)
+        contiguous.append(BACKEND != "torch" or outputs.is_contiguous())
+        return outputs
+
+    got, got_grads = forward_and_grads(fast, x_np, fast_layer, cotangent)
+    assert contiguous == [True]
     # Normalised values are O(1) times gamma (<= 1.5), plus beta: a few ulps
     # of ~5 (Keras' E[x^2] - E[x]^2 variance also rounds at the scale of
     # E[x^2], up to 49 + 9 here, relative to the variance).
     np.testing.assert_allclose(
-        got.detach().numpy(),
-        expected.detach().numpy(),
-        rtol=0,
-        atol=float32_atol(5 * 58 / 0.25, k=8),
+        got, expected, rtol=0, atol=float32_atol(5 * 58 / 0.25, k=8)
     )
-    cotangent = torch_tensor(rng.normal(size=x_np.shape))
-    variables = [x] + [w.value for w in keras_layer.trainable_weights]
-    fast_variables = [x] + [w.value for w in fast_layer.trainable_weights]
-    for g, e in zip(
-        grads(got, fast_variables, cotangent), grads(expected, variables, cotangent)
-    ):
+    for g, e in zip(got_grads, expected_grads):
         # Sums over the 100 positions per channel of O(|x| / std * cotangent).
         np.testing.assert_allclose(
             g, e, rtol=0, atol=float32_atol(100 * 4 * 58 / 0.25, k=8)
@@ -168,13 +203,13 @@ def test_batch_norm_equals_the_keras_layer(kwargs):
         assert np.max(np.abs(k - v0)) > 1000 * atol  # The update happened.
 
 
-@torch_only
+@pytest.mark.skipif(not HAS_FAST_PATHS, reason="no fast paths on this backend")
 def test_batch_norm_moving_statistics_follow_keras_formula_in_float64():
     """Independent of Keras: the biased batch variance, in float64."""
     x_np = bn_inputs(seed=3, shape=(8, 4, 4, 3))
     layer = keras.layers.BatchNormalization(momentum=0.8)
     layer.build(x_np.shape)
-    fast_paths.batch_norm(layer, torch_tensor(x_np))
+    fast_paths.batch_norm(layer, ops.convert_to_tensor(x_np, "float32"))
     mean = x_np.mean(axis=(0, 1, 2))
     variance = x_np.var(axis=(0, 1, 2))  # ddof=0: biased.
     np.testing.assert_allclose(
@@ -185,6 +220,64 @@ def test_batch_norm_moving_statistics_follow_keras_formula_in_float64():
         0.8 + 0.2 * variance,
         rtol=float32_atol(1, k=16),
     )
+
+
+@tensorflow_only
+def test_tf_batch_norm_of_one_value_per_channel_has_zero_variance():
+    """n = 1: Keras' variance is 0; the kernel's unbiased one is not finite."""
+    x_np = bn_inputs(seed=4, shape=(1, 1, 1, 3))
+    keras_layer, fast_layer = (keras.layers.BatchNormalization() for _ in range(2))
+    for layer in (keras_layer, fast_layer):
+        layer.build(x_np.shape)
+    x = ops.convert_to_tensor(x_np, "float32")
+    assert fast_paths.covers(fast_layer, x, training=True)
+    got = ops.convert_to_numpy(fast_paths.batch_norm(fast_layer, x))
+    expected = ops.convert_to_numpy(keras_layer(x, training=True))
+    np.testing.assert_array_equal(got, expected)  # beta: x - mean is 0.
+    for kv, fv in zip(
+        keras_layer.non_trainable_weights, fast_layer.non_trainable_weights
+    ):
+        f = ops.convert_to_numpy(fv)
+        assert np.all(np.isfinite(f)), fv.name
+        np.testing.assert_allclose(f, ops.convert_to_numpy(kv), rtol=EPS32, atol=0)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(fast_layer.moving_variance), 0.99, rtol=EPS32
+    )
+
+
+@tensorflow_only
+def test_tf_covers_only_batch_norm_it_computes_exactly():
+    x = ops.convert_to_tensor(np.ones((2, 4, 4, 3), "float32"))
+    bn = keras.layers.BatchNormalization()
+    bn.build(x.shape)
+    assert fast_paths.covers(bn, x, training=True)
+    assert not fast_paths.covers(bn, x, training=False)  # Moving statistics.
+    frozen = keras.layers.BatchNormalization()
+    frozen.build(x.shape)
+    frozen.trainable = False
+    assert not fast_paths.covers(frozen, x, training=True)  # Inference mode.
+    refused = {
+        "channels_first": keras.layers.BatchNormalization(axis=1),
+        "tiny_epsilon": keras.layers.BatchNormalization(epsilon=1e-6),
+        "renorm": keras.layers.BatchNormalization(renorm=True),
+        "synchronized": keras.layers.BatchNormalization(synchronized=True),
+        "mixed_float16": keras.layers.BatchNormalization(dtype="mixed_float16"),
+    }
+    for name, layer in refused.items():
+        layer.build(x.shape)
+        assert not fast_paths.covers(layer, x, training=True), name
+    flat = keras.layers.BatchNormalization()
+    flat.build((2, 3))
+    assert not fast_paths.covers(flat, ops.ones((2, 3)), training=True)
+    # The graph already fuses nothing here that a fast path would help with.
+    conv = keras.layers.Conv2D(2, 3)
+    conv.build(x.shape)
+    for layer, inputs in [
+        (conv, x),
+        (keras.layers.ReLU(), x),
+        (keras.layers.Add(), [x, x]),
+    ]:
+        assert not fast_paths.covers(layer, inputs, training=True)
 
 
 @torch_only
@@ -313,13 +406,26 @@ def dropout_backbone():
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
 
 
-@torch_only
+@pytest.mark.skipif(not HAS_FAST_PATHS, reason="no fast paths on this backend")
 @pytest.mark.parametrize(
-    "method, backbone",
-    [("pcl", "resnet8"), ("one", "resnet8"), ("dml", "resnet8"), ("pcl", "dropout")],
+    "method, backbone, jit_compile",
+    [
+        ("pcl", "resnet8", "auto"),
+        ("one", "resnet8", "auto"),
+        ("dml", "resnet8", "auto"),
+        ("pcl", "dropout", "auto"),
+        pytest.param(
+            "pcl",
+            "resnet8",
+            True,
+            marks=pytest.mark.skipif(
+                BACKEND != "tensorflow", reason="XLA: TensorFlow's fast path"
+            ),
+        ),
+    ],
 )
 def test_training_with_fast_paths_equals_training_without(
-    method, backbone, monkeypatch
+    method, backbone, jit_compile, monkeypatch
 ):
     """Three steps with and without the fast paths (ResNet-8, or with dropout)."""
     import keras_pcl
@@ -340,7 +446,10 @@ def test_training_with_fast_paths_equals_training_without(
         x, y = colour_dataset(24, image_size=8, seed=0)
         start = [ops.convert_to_numpy(w) for w in model.weights]
         # lr 0.01: see tests/fusion_test.py `pcl_run` (0.1 is chaotic here).
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+            jit_compile=jit_compile,
+        )
         logs = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
         return (
             model,
@@ -349,10 +458,21 @@ def test_training_with_fast_paths_equals_training_without(
             [ops.convert_to_numpy(w) for w in model.weights],
         )
 
+    fused_batch_norms = []
+    batch_norm = fast_paths.batch_norm
+
+    def counted_batch_norm(layer, x):
+        fused_batch_norms.append(layer.name)
+        return batch_norm(layer, x)
+
+    monkeypatch.setattr(fast_paths, "batch_norm", counted_batch_norm)
     fast_model, fast_logs, start, fast = run("1")
     assert fast_model._fast_paths and fast_model._fast_runners
     assert all(r is not None for r in fast_model._fast_runners.values())
+    assert fused_batch_norms  # The fused kernel ran (traced, on TensorFlow).
+    fused_batch_norms.clear()
     plain_model, plain_logs, plain_start, plain = run("0")
+    assert not fused_batch_norms
     assert not plain_model._fast_runners
     for a, b in zip(start, plain_start):
         np.testing.assert_array_equal(a, b)
