@@ -1,4 +1,4 @@
-"""PyTorch fast paths for the training step: same numbers, fewer kernels.
+"""Backend fast paths for the training step: same numbers, fewer kernels.
 
 Keras' PyTorch backend runs two kinds of layer, which make up most of a
 CIFAR network, with more memory traffic than PyTorch itself needs (Keras
@@ -26,6 +26,14 @@ CIFAR network, with more memory traffic than PyTorch itself needs (Keras
   ops over all variables instead of five ops per variable. It rounds
   exactly like `keras_pcl.mean_teacher.update_mean_teacher`'s generic form.
 
+On TensorFlow, `BatchNormalization` in training is `tf.nn.moments` plus
+`tf.nn.batch_normalization` (`keras/src/backend/tensorflow/nn.py`), about
+ten ops over the activations forward and more in the gradient, which
+Grappler leaves unfused; `batch_norm` runs TensorFlow's fused kernel
+(`FusedBatchNormV3`, one op each way) with Keras' update of the moving
+statistics. It is the only TensorFlow fast path: the other layers run in a
+traced graph, where `Layer.__call__` costs nothing per step.
+
 Each function computes what the Keras layer computes, up to float32
 reduction order (PyTorch's batch-norm kernel accumulates the variance in
 another order than `E[x^2] - E[x]^2`); `tests/fast_paths_test.py` checks
@@ -37,8 +45,9 @@ its own `__call__`, so nothing changes for it.
 
 They are used by `keras_pcl.fusion.ViewBatchedNetwork` (`fast=True`), which
 `MultiBranchModel` puts in place of every functional network it runs in
-training on the torch backend. Written by hand because Keras has no hook to
-swap a backend kernel for a layer; they use only public PyTorch functions.
+training on the torch and TensorFlow backends. Written by hand because
+Keras has no hook to swap a backend kernel for a layer; they use only
+public PyTorch and TensorFlow functions (`tf.raw_ops.FusedBatchNormV3`).
 Set the environment variable `KERAS_PCL_FAST_PATHS=0` (read when a model is
 built) to train with Keras' own ops instead, e.g. to compare.
 """

@@ -256,7 +256,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         # Training-time substitutes (`keras_pcl.fusion`), untracked: they
         # share the networks' variables and are never saved or exported.
         object.__setattr__(self, "_fused", {})
-        # torch: the PyTorch fast paths (`keras_pcl.fast_paths`), read once.
+        # torch and TensorFlow: the fast paths (`keras_pcl.fast_paths`), read once.
         object.__setattr__(self, "_fast_paths", fast_paths.enabled())
         object.__setattr__(self, "_fast_runners", {})
         self._fuse(self.trunk)
@@ -445,8 +445,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     def _apply(self, layer, x, training, memo=None):
         """`layer(x, training=training)`; in inference, each pair runs once.
 
-        In training on torch, a functional network runs through the
-        PyTorch fast paths (`keras_pcl.fast_paths`) where they apply.
+        In training on torch and TensorFlow, a functional network runs
+        through the fast paths (`keras_pcl.fast_paths`) where they apply.
         """
         if training:
             runner = self._fast_runner(layer)
