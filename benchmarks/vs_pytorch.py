@@ -396,29 +396,24 @@ def run(args, argv):
             "--keras_torch_data_format: each must be channels_last or "
             f"channels_first. Received: {args.keras_torch_data_format!r}"
         )
+    # The backends also timed with their fast paths off (Keras' own ops).
+    keras_ops = {"torch", "tensorflow"} if args.keras_ops else set()
+    if args.torch_keras_ops:
+        keras_ops.add("torch")
     for b in backends:
         env = {"KERAS_BACKEND": b}
-        if b != "torch":
-            specs.append((f"keras_pcl_{b}", f"keras:{b}", env))
-            if args.keras_ops and b == "tensorflow":
+        if b == "torch":
+            keras_workers = [
+                ("keras_pcl_torch" + ("" if i == 0 else f"_{f}"), f"keras:torch:{f}")
+                for i, f in enumerate(torch_formats)
+            ]
+        else:
+            keras_workers = [(f"keras_pcl_{b}", f"keras:{b}")]
+        for label, spec in keras_workers:
+            specs.append((label, spec, env))
+            if b in keras_ops:
                 specs.append(
-                    (
-                        f"keras_pcl_{b}_keras_ops",
-                        f"keras:{b}",
-                        dict(env, KERAS_PCL_FAST_PATHS="0"),
-                    )
-                )
-            continue
-        for i, f in enumerate(torch_formats):
-            label = "keras_pcl_torch" + ("" if i == 0 else f"_{f}")
-            specs.append((label, f"keras:torch:{f}", env))
-            if args.torch_keras_ops or args.keras_ops:
-                specs.append(
-                    (
-                        f"{label}_keras_ops",
-                        f"keras:torch:{f}",
-                        dict(env, KERAS_PCL_FAST_PATHS="0"),
-                    )
+                    (f"{label}_keras_ops", spec, dict(env, KERAS_PCL_FAST_PATHS="0"))
                 )
     if args.with_tuned_allocator:
         specs += [

@@ -311,14 +311,19 @@ def batch_norm(layer, x):
         outputs = outputs.permute(0, 2, 3, 1)
     with torch.no_grad():
         variance = batch_variance * ((count - 1) / count)  # Biased, as Keras.
-        momentum = layer.momentum
-        layer.moving_mean.assign(
-            layer.moving_mean.value * momentum + batch_mean * (1.0 - momentum)
-        )
-        layer.moving_variance.assign(
-            layer.moving_variance.value * momentum + variance * (1.0 - momentum)
-        )
+        _update_moving_statistics(layer, batch_mean, variance)
     return outputs
+
+
+def _update_moving_statistics(layer, mean, variance):
+    """`s <- momentum * s + (1 - momentum) * statistic`, as Keras' layer."""
+    momentum = layer.momentum
+    layer.moving_mean.assign(
+        layer.moving_mean.value * momentum + mean * (1.0 - momentum)
+    )
+    layer.moving_variance.assign(
+        layer.moving_variance.value * momentum + variance * (1.0 - momentum)
+    )
 
 
 def _tf_batch_norm(layer, x):
@@ -351,15 +356,7 @@ def _tf_batch_norm(layer, x):
     count = tf.cast(tf.reduce_prod(tf.shape(x, out_type=tf.int64)[:-1]), x.dtype)
     # n = 1: Keras' variance is 0; the kernel's n / (n - 1) is inf or nan.
     variance = tf.math.multiply_no_nan(unbiased, (count - 1.0) / count)
-    mean = tf.stop_gradient(mean)
-    variance = tf.stop_gradient(variance)
-    momentum = layer.momentum
-    layer.moving_mean.assign(
-        layer.moving_mean.value * momentum + mean * (1.0 - momentum)
-    )
-    layer.moving_variance.assign(
-        layer.moving_variance.value * momentum + variance * (1.0 - momentum)
-    )
+    _update_moving_statistics(layer, tf.stop_gradient(mean), tf.stop_gradient(variance))
     return outputs
 
 
