@@ -33,6 +33,13 @@ parameter), `keras.regularizers.L2(wd / 2)` on the convolution kernels of
 keras-pcl's backbone (the same gradient, as keras-pcl documents; 0 turns
 both off; `benchmarks/throughput.py` trains without it).
 
+`--with_configured_threads` adds a TensorFlow worker that first calls
+`keras_pcl.threads.configure_tensorflow_threads(num_peers)` (what
+`keras-pcl train` and the examples do: on a CPU with fewer cores than
+peers, one inter-op thread per peer), and `--tf_op_threads=INTRAxINTER,...`
+one worker per thread-pool pair given (`TF_NUM_INTRAOP_THREADS`,
+`TF_NUM_INTEROP_THREADS`).
+
 `--with_tuned_allocator` runs every implementation a second time with
 `TUNED_ALLOCATOR_ENV` (glibc malloc tunables; labels end in
 `_tuned_malloc`), and the ratios then divide by the fastest plain-PyTorch
@@ -76,6 +83,9 @@ TUNED_ALLOCATOR_ENV = {
     "glibc.malloc.trim_threshold=68719476736"
 }
 TUNED_SUFFIX = "_tuned_malloc"
+# Set in a worker's environment: keras_pcl.threads.configure_tensorflow_threads
+# runs before the worker builds anything.
+CONFIGURE_THREADS_ENV = "VS_PYTORCH_CONFIGURE_THREADS"
 
 
 def parse_args(argv=None):
@@ -125,6 +135,21 @@ def parse_args(argv=None):
         action="store_true",
         help="Also time keras-pcl with its fast paths off (KERAS_PCL_FAST_PATHS=0, "
         "Keras' own ops) on every backend that has them (torch, tensorflow).",
+    )
+    parser.add_argument(
+        "--with_configured_threads",
+        action="store_true",
+        help="Also time keras-pcl on TensorFlow after "
+        "keras_pcl.threads.configure_tensorflow_threads(num_peers), as "
+        "`keras-pcl train` and the examples do (one more worker).",
+    )
+    parser.add_argument(
+        "--tf_op_threads",
+        default="",
+        help="Also time keras-pcl on TensorFlow with these thread pools, "
+        "comma-separated INTRAxINTER (e.g. 1x2: one thread per op, two ops at "
+        "once; TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS), one more "
+        "worker each.",
     )
     parser.add_argument(
         "--jit_compile",
@@ -215,6 +240,11 @@ def _keras_timers(args, option):
 
     backend, _, data_format = option.partition(":")
     assert keras.backend.backend() == backend, keras.backend.backend()
+    configured_threads = None
+    if os.environ.get(CONFIGURE_THREADS_ENV):  # Before TensorFlow's first op.
+        configured_threads = keras_pcl.threads.configure_tensorflow_threads(
+            args.num_peers
+        )
     data_format = data_format or "channels_last"
     keras.config.set_image_data_format(data_format)
     threads = {}
@@ -228,9 +258,18 @@ def _keras_timers(args, option):
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        if args.threads:
+        if args.threads and "TF_NUM_INTRAOP_THREADS" not in os.environ:
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads()}
+        threads = {
+            "configured": configured_threads,
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "env": {
+                k: os.environ[k]
+                for k in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+                if k in os.environ
+            },
+        }
         version = tf.__version__
     else:
         import jax
@@ -368,6 +407,25 @@ def _split(value):
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _tf_thread_pools(value):
+    """`--tf_op_threads` as (label suffix, environment) pairs."""
+    pools = []
+    for item in _split(value):
+        intra, _, inter = item.partition("x")
+        if not (intra.isdigit() and inter.isdigit() and int(intra) and int(inter)):
+            raise SystemExit(
+                "--tf_op_threads: each entry must be INTRAxINTER with positive "
+                f"integers, e.g. 1x2. Received: {item!r}"
+            )
+        pools.append(
+            (
+                f"intra{intra}_inter{inter}",
+                {"TF_NUM_INTRAOP_THREADS": intra, "TF_NUM_INTEROP_THREADS": inter},
+            )
+        )
+    return pools
+
+
 def _figures(seconds, args):
     step = statistics.median(seconds) / args.steps
     best = min(seconds) / args.steps
@@ -415,6 +473,19 @@ def run(args, argv):
                 specs.append(
                     (f"{label}_keras_ops", spec, dict(env, KERAS_PCL_FAST_PATHS="0"))
                 )
+            if b == "tensorflow" and args.with_configured_threads:
+                specs.append(
+                    (
+                        f"{label}_configured_threads",
+                        spec,
+                        dict(env, **{CONFIGURE_THREADS_ENV: "1"}),
+                    )
+                )
+            if b == "tensorflow":
+                specs += [
+                    (f"{label}_{name}", spec, dict(env, **pools))
+                    for name, pools in _tf_thread_pools(args.tf_op_threads)
+                ]
     if args.with_tuned_allocator:
         specs += [
             (f"{label}{TUNED_SUFFIX}", spec, dict(env or {}, **TUNED_ALLOCATOR_ENV))
@@ -444,7 +515,7 @@ def run(args, argv):
                 seconds[(worker.label, model)].append(value)
                 page_faults[(worker.label, model)].append(faults)
                 print(
-                    f"round {r + 1}/{args.rounds} {worker.label:<26} {model:<8} "
+                    f"round {r + 1}/{args.rounds} {worker.label:<34} {model:<8} "
                     f"{args.batch_size * args.steps / value:8.1f} img/s",
                     flush=True,
                 )

@@ -31,6 +31,7 @@ MODULES = (
     "keras_pcl.validation",
     "keras_pcl.fusion",
     "keras_pcl.fast_paths",
+    "keras_pcl.threads",
     "keras_pcl.methods",
     "keras_pcl.benchmark",
     "keras_pcl.training",

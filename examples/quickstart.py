@@ -196,6 +196,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's export chatter
     config = pcl_config()
+    # Before TensorFlow's first op: on a CPU with fewer cores than peers, one
+    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py).
+    keras_pcl.threads.configure_tensorflow_threads(config.num_peers)
     start = time.perf_counter()
     result = training.train(config)
     pcl_seconds = time.perf_counter() - start

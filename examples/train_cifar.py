@@ -24,6 +24,7 @@ a PCL ablation) with the same recipe; the final model is then
 
 from absl import app
 
+from keras_pcl import threads
 from keras_pcl import training
 
 training.define_flags(defaults=training.cifar_config())
@@ -32,7 +33,13 @@ training.define_flags(defaults=training.cifar_config())
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    result = training.train(training.config_from_flags())
+    config = training.config_from_flags()
+    # Before TensorFlow's first op: on a CPU with fewer cores than peers, one
+    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py).
+    threads.configure_tensorflow_threads(
+        threads.parallel_branches(config.method, config.num_peers)
+    )
+    result = training.train(config)
     best = result["best_peer"]
     print(f"Best peer: {best}" if best else "No validation accuracy recorded.")
     print(f"Final model: {result['paths']['model']}")

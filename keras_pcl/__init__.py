@@ -18,6 +18,7 @@ from keras_pcl import baselines
 from keras_pcl import callbacks
 from keras_pcl import export
 from keras_pcl import losses
+from keras_pcl import threads
 from keras_pcl.model import PeerCollaborativeModel
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "data",
     "export",
     "losses",
+    "threads",
 ]
 
 

@@ -253,6 +253,7 @@ def run_benchmark(args):
 
     from keras_pcl import benchmark
     from keras_pcl import methods
+    from keras_pcl import threads
     from keras_pcl import training
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -274,6 +275,9 @@ def run_benchmark(args):
         make_backbone = training.build_backbone_fn(args.backbone)
     except ValueError as error:
         raise CommandError(_first_line(error)) from None
+    configure_threads(
+        max((threads.parallel_branches(n, args.num_peers) for n in names), default=1)
+    )
     size = args.image_size or (224 if args.backbone == "resnet18" else 32)
     shape = (size, size, 3)
     models = {}
@@ -418,13 +422,32 @@ def _tuple_argument(field, text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def configure_threads(num_peers):
+    """`keras_pcl.threads.configure_tensorflow_threads`, where it can still act.
+
+    The `keras-pcl` command starts TensorFlow itself, so the call comes
+    before its first op. Called in a process where TensorFlow already runs
+    (`main` inside a test or a notebook), the pools are fixed and stay as
+    they are: they change only how many ops run at once, never a number.
+    """
+    from keras_pcl import threads
+
+    try:
+        threads.configure_tensorflow_threads(num_peers)
+    except RuntimeError:
+        pass
+
+
 def run_train(args):
     """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
+    from keras_pcl import threads
     from keras_pcl import training
 
     values = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
     }
+    if isinstance(args.num_peers, int) and args.num_peers >= 1:
+        configure_threads(threads.parallel_branches(args.method, args.num_peers))
     try:
         result = training.train(training.TrainConfig(**values))
     except (ValueError, FileNotFoundError, ImportError) as error:

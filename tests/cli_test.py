@@ -121,8 +121,20 @@ def test_console_script_is_declared():
 
 
 @torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
-def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
+def record_thread_configuration(monkeypatch):
+    """The `num_peers` each `configure_tensorflow_threads` call was given."""
+    from keras_pcl import threads
+
+    calls = []
+    monkeypatch.setattr(threads, "configure_tensorflow_threads", calls.append)
+    return calls
+
+
+def test_train_then_evaluate_the_checkpoint_and_its_export(
+    tmp_path, capsys, monkeypatch
+):
     workdir = tmp_path / "run"
+    thread_calls = record_thread_configuration(monkeypatch)
     code = cli.main(
         [
             "train",
@@ -143,6 +155,7 @@ def test_train_then_evaluate_the_checkpoint_and_its_export(tmp_path, capsys):
     assert code == cli.EXIT_OK, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "Best peer: BestPeer(peer=" in out and "Exported best peer" in out
+    assert thread_calls == [2]  # One inter-op thread per peer, before training.
 
     args = ["--dataset=digits", "--image_size=8,8", "--validation_split=0.2"]
     assert cli.main(["evaluate", str(workdir / "pcl.keras"), *args]) == cli.EXIT_OK
@@ -189,7 +202,8 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
 
 
 @torch_only_in_ci  # `fit` timing on every backend is in tests of the library.
-def test_benchmark_times_each_method_against_vanilla(capsys):
+def test_benchmark_times_each_method_against_vanilla(capsys, monkeypatch):
+    thread_calls = record_thread_configuration(monkeypatch)
     code = cli.main(
         [
             "benchmark",
@@ -210,6 +224,7 @@ def test_benchmark_times_each_method_against_vanilla(capsys):
     }
     assert float(rows["vanilla"][1]) > 0 and rows["vanilla"][3] == "1.00"
     assert float(rows["cl_ilr"][3]) > 0  # Step time relative to vanilla's.
+    assert thread_calls == [3]  # cl_ilr's 3 branches; vanilla has one.
 
 
 @pytest.mark.parametrize(

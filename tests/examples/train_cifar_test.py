@@ -7,6 +7,7 @@ import sys
 import keras
 import numpy as np
 
+import keras_pcl  # noqa: F401 (registers the classes that load_model reads)
 from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
