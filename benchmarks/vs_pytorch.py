@@ -51,7 +51,7 @@ load makes every figure meaningless (on 2 cores, a busy machine slows a
 2-thread PyTorch step tenfold). The issue's figures (#14):
 
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/vs_pytorch.py --with_vanilla \\
-        --json benchmarks/results/vs_pytorch.json
+        --with_configured_threads --json benchmarks/results/vs_pytorch.json
 
 Smoke run (seconds, checks the plumbing only):
 

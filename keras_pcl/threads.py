@@ -48,9 +48,9 @@ def configure_tensorflow_threads(num_peers=3):
     ops run at once changes.
 
     Measured on a 2-core VM (CIFAR ResNet-32, `m = 3`, batch 128,
-    `benchmarks/vs_pytorch.py --tf_op_threads=2x3`, alternating runs): PCL
-    steps 1.09-1.12x faster than with TensorFlow's default pool of 2
-    threads.
+    `benchmarks/vs_pytorch.py`, alternating runs): PCL steps 1.01-1.12x
+    faster than with TensorFlow's default pool of 2 threads (four runs;
+    the most when the VM ran slowest), never slower.
 
     Example:
 
