@@ -454,6 +454,7 @@ def run(args, argv):
             "--keras_torch_data_format: each must be channels_last or "
             f"channels_first. Received: {args.keras_torch_data_format!r}"
         )
+    tf_pools = _tf_thread_pools(args.tf_op_threads)
     # The backends also timed with their fast paths off (Keras' own ops).
     keras_ops = {"torch", "tensorflow"} if args.keras_ops else set()
     if args.torch_keras_ops:
@@ -484,7 +485,7 @@ def run(args, argv):
             if b == "tensorflow":
                 specs += [
                     (f"{label}_{name}", spec, dict(env, **pools))
-                    for name, pools in _tf_thread_pools(args.tf_op_threads)
+                    for name, pools in tf_pools
                 ]
     if args.with_tuned_allocator:
         specs += [

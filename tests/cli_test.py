@@ -120,7 +120,6 @@ def test_console_script_is_declared():
     assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
 
 
-@torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
 def record_thread_configuration(monkeypatch):
     """The `num_peers` each `configure_tensorflow_threads` call was given."""
     from keras_pcl import threads
@@ -130,6 +129,7 @@ def record_thread_configuration(monkeypatch):
     return calls
 
 
+@torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
 def test_train_then_evaluate_the_checkpoint_and_its_export(
     tmp_path, capsys, monkeypatch
 ):
