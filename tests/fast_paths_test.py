@@ -9,6 +9,7 @@ memory layout as Keras does, so they are compared for bitwise equality.
 """
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -536,3 +537,66 @@ def test_torch_compile_traces_keras_ops_and_matches_eager(monkeypatch):
         np.testing.assert_allclose(
             compiled[key], eager[key], rtol=0, atol=float32_atol(magnitude, k=16)
         )
+
+
+@tensorflow_only
+def test_fused_batch_norm_under_mirrored_strategy_equals_keras_ops(tmp_path):
+    """Two replicas (`tf.distribute.MirroredStrategy`): the same two steps.
+
+    Each replica normalises its own half of the batch with its own
+    statistics either way (Keras' `BatchNormalization` is not synchronised
+    by default), and the moving statistics are updated the same way; only
+    the float32 rounding of the fused kernel differs.
+    """
+    import subprocess
+    import sys
+
+    from tests.testing import kd_magnitude
+
+    script = __file__.replace("fast_paths_test.py", "mirrored_batch_norm_step.py")
+    out = tmp_path / "mirrored.npz"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, script, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    arrays = np.load(out)
+    assert int(arrays["fast_fused_batch_norms"]) > 0  # The fused kernel ran.
+    assert int(arrays["plain_fused_batch_norms"]) == 0
+    # Logged terms: as in test_training_with_fast_paths_equals_training_without.
+    magnitude = abs(float(arrays["plain_log_ce"][0])) + kd_magnitude(3.0, 3, 2 * 3)
+    logs = [k[len("plain_log_") :] for k in arrays.files if k.startswith("plain_log_")]
+    assert "pe" in logs and "pm" in logs
+    for key in logs:
+        np.testing.assert_allclose(
+            arrays[f"fast_log_{key}"],
+            arrays[f"plain_log_{key}"],
+            rtol=0,
+            atol=float32_atol(magnitude, k=16),
+            err_msg=key,
+        )
+    paths = list(arrays["plain_paths"])
+    assert len(paths) == len(arrays["fast_paths"])
+    assert any("moving_variance" in p for p in paths)
+    for i in range(len(paths)):
+        np.testing.assert_array_equal(
+            arrays[f"fast_initial_{i}"], arrays[f"plain_initial_{i}"]
+        )
+    start = [arrays[f"plain_initial_{i}"] for i in range(len(paths))]
+    plain = [arrays[f"plain_weight_{i}"] for i in range(len(paths))]
+    largest_step = max(np.max(np.abs(b - a)) for a, b in zip(start, plain))
+    moved = 0
+    for i, path in enumerate(paths):
+        # Two SGD steps summed in another order: each gradient entry sums
+        # 8 images x 64 positions per replica, then the two replicas.
+        scale = np.max(np.abs(plain[i])) + math.log2(16 * 8 * 8) * largest_step
+        atol = float32_atol(scale, k=16)
+        np.testing.assert_allclose(
+            arrays[f"fast_weight_{i}"], plain[i], rtol=0, atol=atol, err_msg=path
+        )
+        moved += bool(np.max(np.abs(plain[i] - start[i])) > 100 * atol)
+    assert moved > len(paths) / 3  # The runs trained, far beyond the tolerance.
