@@ -1,8 +1,6 @@
 """Data-parallel training equals single-device training; XLA equals no XLA."""
 
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -12,6 +10,7 @@ import keras_pcl
 from tests.testing import colour_dataset
 from tests.testing import float32_atol
 from tests.testing import kd_magnitude
+from tests.testing import run_npz_script
 from tests.testing import sgd_weights_atol
 from tests.testing import tiny_backbone
 
@@ -25,19 +24,10 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_step.py")
     "(see README: Backend notes)",
 )
 def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
-    out = tmp_path / "steps.npz"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = {}
     if BACKEND == "jax":
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    result = subprocess.run(
-        [sys.executable, SCRIPT, str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    arrays = np.load(out)
+    arrays = run_npz_script(SCRIPT, tmp_path / "steps.npz", env)
     # Same math, another summation order (per-replica partial sums that are
     # all-reduced): the logged terms agree to a few float32 ulps of the
     # quantities summed (see tests/testing.py: float32_atol), not of each

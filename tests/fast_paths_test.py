@@ -9,7 +9,6 @@ memory layout as Keras does, so they are compared for bitwise equality.
 """
 
 import math
-import os
 
 import keras
 import numpy as np
@@ -407,6 +406,42 @@ def dropout_backbone():
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
 
 
+def assert_trained_alike(
+    fast_logs, plain_logs, start, fast, plain, paths, trainable, summed_terms
+):
+    """A few training steps with the fast paths equal those without.
+
+    Logged terms: sums as large as the cross-entropies plus the KD terms'
+    log-probabilities (kd_magnitude), 16 ulps of margin. Weights: SGD steps
+    summed in another order (`summed_terms` products per gradient entry):
+    each tensor's own rounding plus that of the updates, whose size is the
+    largest update of any trainable weight (a bias whose gradient is only
+    rounding, like ONE's gate bias, moves by 1e-9 either way), as in
+    tests/fusion_test.py.
+    """
+    from tests.testing import kd_magnitude
+
+    magnitude = abs(plain_logs["ce"][0]) + kd_magnitude(3.0, 3, 2 * 3)
+    for key in plain_logs:
+        np.testing.assert_allclose(
+            fast_logs[key],
+            plain_logs[key],
+            rtol=0,
+            atol=float32_atol(magnitude, k=16),
+            err_msg=key,
+        )
+    largest_step = max(
+        np.max(np.abs(b - w0)) for w0, b, t in zip(start, plain, trainable) if t
+    )
+    moved = 0
+    for path, a, b, w0 in zip(paths, fast, plain, start):
+        scale = np.max(np.abs(b)) + math.log2(summed_terms) * largest_step
+        atol = float32_atol(scale, k=16)
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=path)
+        moved += bool(np.max(np.abs(b - w0)) > 100 * atol)
+    assert moved > len(start) / 3  # The runs trained, far beyond the tolerance.
+
+
 @pytest.mark.skipif(not HAS_FAST_PATHS, reason="no fast paths on this backend")
 @pytest.mark.parametrize(
     "method, backbone, jit_compile",
@@ -432,7 +467,6 @@ def test_training_with_fast_paths_equals_training_without(
     import keras_pcl
     from keras_pcl.methods import build_method
     from tests.testing import colour_dataset
-    from tests.testing import kd_magnitude
 
     def run(flag):
         monkeypatch.setenv("KERAS_PCL_FAST_PATHS", flag)
@@ -477,33 +511,16 @@ def test_training_with_fast_paths_equals_training_without(
     assert not plain_model._fast_runners
     for a, b in zip(start, plain_start):
         np.testing.assert_array_equal(a, b)
-    # Logged terms: sums as large as the cross-entropies plus the KD terms'
-    # log-probabilities (kd_magnitude), 16 ulps of margin.
-    magnitude = abs(plain_logs["ce"][0]) + kd_magnitude(3.0, 3, 2 * 3)
-    for key in plain_logs:
-        np.testing.assert_allclose(
-            fast_logs[key],
-            plain_logs[key],
-            rtol=0,
-            atol=float32_atol(magnitude, k=16),
-            err_msg=key,
-        )
-    # Three SGD steps summed in another order (8 images x 64 positions per
-    # gradient entry): each tensor's own rounding plus that of the updates,
-    # whose size is the largest update of any weight (a bias whose gradient
-    # is only rounding, like ONE's gate bias, moves by 1e-9 either way), as
-    # in tests/fusion_test.py.
-    trained = [
-        (w0, b) for w0, b, v in zip(start, plain, fast_model.weights) if v.trainable
-    ]
-    largest_step = max(np.max(np.abs(b - w0)) for w0, b in trained)
-    moved = 0
-    for variable, a, b, w0 in zip(fast_model.weights, fast, plain, start):
-        scale = np.max(np.abs(b)) + math.log2(8 * 8 * 8) * largest_step
-        atol = float32_atol(scale, k=16)
-        np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=variable.path)
-        moved += bool(np.max(np.abs(b - w0)) > 100 * atol)
-    assert moved > len(start) / 3  # The runs trained, far beyond the tolerance.
+    assert_trained_alike(
+        fast_logs,
+        plain_logs,
+        start,
+        fast,
+        plain,
+        paths=[v.path for v in fast_model.weights],
+        trainable=[v.trainable for v in fast_model.weights],
+        summed_terms=8 * 8 * 8,
+    )
 
 
 @torch_only
@@ -548,55 +565,36 @@ def test_fused_batch_norm_under_mirrored_strategy_equals_keras_ops(tmp_path):
     by default), and the moving statistics are updated the same way; only
     the float32 rounding of the fused kernel differs.
     """
-    import subprocess
-    import sys
-
-    from tests.testing import kd_magnitude
+    from tests.testing import run_npz_script
 
     script = __file__.replace("fast_paths_test.py", "mirrored_batch_norm_step.py")
-    out = tmp_path / "mirrored.npz"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, script, str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    arrays = np.load(out)
+    arrays = run_npz_script(script, tmp_path / "mirrored.npz")
     assert int(arrays["fast_fused_batch_norms"]) > 0  # The fused kernel ran.
     assert int(arrays["plain_fused_batch_norms"]) == 0
-    # Logged terms: as in test_training_with_fast_paths_equals_training_without.
-    magnitude = abs(float(arrays["plain_log_ce"][0])) + kd_magnitude(3.0, 3, 2 * 3)
-    logs = [k[len("plain_log_") :] for k in arrays.files if k.startswith("plain_log_")]
-    assert "pe" in logs and "pm" in logs
-    for key in logs:
-        np.testing.assert_allclose(
-            arrays[f"fast_log_{key}"],
-            arrays[f"plain_log_{key}"],
-            rtol=0,
-            atol=float32_atol(magnitude, k=16),
-            err_msg=key,
-        )
     paths = list(arrays["plain_paths"])
     assert len(paths) == len(arrays["fast_paths"])
     assert any("moving_variance" in p for p in paths)
-    for i in range(len(paths)):
-        np.testing.assert_array_equal(
-            arrays[f"fast_initial_{i}"], arrays[f"plain_initial_{i}"]
-        )
-    start = [arrays[f"plain_initial_{i}"] for i in range(len(paths))]
-    plain = [arrays[f"plain_weight_{i}"] for i in range(len(paths))]
-    largest_step = max(np.max(np.abs(b - a)) for a, b in zip(start, plain))
-    moved = 0
-    for i, path in enumerate(paths):
-        # Two SGD steps summed in another order: each gradient entry sums
-        # 8 images x 64 positions per replica, then the two replicas.
-        scale = np.max(np.abs(plain[i])) + math.log2(16 * 8 * 8) * largest_step
-        atol = float32_atol(scale, k=16)
-        np.testing.assert_allclose(
-            arrays[f"fast_weight_{i}"], plain[i], rtol=0, atol=atol, err_msg=path
-        )
-        moved += bool(np.max(np.abs(plain[i] - start[i])) > 100 * atol)
-    assert moved > len(paths) / 3  # The runs trained, far beyond the tolerance.
+    runs = {}
+    for run in ("fast", "plain"):
+        prefix = f"{run}_log_"
+        logs = {
+            k[len(prefix) :]: arrays[k] for k in arrays.files if k.startswith(prefix)
+        }
+        start = [arrays[f"{run}_initial_{i}"] for i in range(len(paths))]
+        final = [arrays[f"{run}_weight_{i}"] for i in range(len(paths))]
+        runs[run] = logs, start, final
+    assert "pe" in runs["plain"][0] and "pm" in runs["plain"][0]
+    for a, b in zip(runs["fast"][1], runs["plain"][1]):
+        np.testing.assert_array_equal(a, b)
+    assert_trained_alike(
+        runs["fast"][0],
+        runs["plain"][0],
+        runs["plain"][1],
+        runs["fast"][2],
+        runs["plain"][2],
+        paths=paths,
+        trainable=list(arrays["plain_trainable"]),
+        # Per gradient entry: 8 images x 64 positions per replica, then the
+        # two replicas.
+        summed_terms=16 * 8 * 8,
+    )

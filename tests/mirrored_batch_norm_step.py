@@ -7,8 +7,8 @@ TensorFlow starts; a ResNet-8 PCL model (batch norm, in-step augmentation)
 then trains for two steps of global batch 16 on both replicas, once with
 `KERAS_PCL_FAST_PATHS=1` (TensorFlow's fused batch norm, run in each
 replica) and once with `0` (Keras' ops), from the same seed. Writes both
-runs' logs, initial and final weights, and how many fused batch norms each
-run traced, to OUT.npz.
+runs' logs, initial and final weights (and which are trainable), and how
+many fused batch norms each run traced, to OUT.npz.
 """
 
 import os
@@ -59,6 +59,7 @@ def run(flag, arrays):
         arrays[f"{name}_log_{key}"] = np.asarray(values)
     # By position: the second model's paths carry a `_1` suffix.
     arrays[f"{name}_paths"] = np.array([w.path for w in model.weights])
+    arrays[f"{name}_trainable"] = np.array([w.trainable for w in model.weights])
     for i, w in enumerate(model.weights):
         arrays[f"{name}_initial_{i}"] = start[w.path]
         arrays[f"{name}_weight_{i}"] = keras.ops.convert_to_numpy(w)

@@ -1,6 +1,9 @@
 """Shared helpers for the test suite (the suite runs once per backend)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -141,3 +144,22 @@ def sgd_weights_atol(final, initial, summed_terms, k=16.0):
     step = np.max(np.abs(final - initial), initial=0.0)
     scale = np.max(np.abs(final), initial=0.0) + math.log2(summed_terms) * step
     return float(k * EPS32 * scale)
+
+
+def run_npz_script(script, out, env=None, timeout=300):
+    """Runs `python script out` in a fresh process and loads the `.npz` it wrote.
+
+    For checks that need a process of their own (devices or thread pools
+    fixed before the backend starts). `env` adds to this process's
+    environment; TensorFlow's native logging is off. A non-zero exit fails
+    the test with the end of the script's stderr.
+    """
+    result = subprocess.run(
+        [sys.executable, script, str(out)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out)
