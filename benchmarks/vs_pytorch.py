@@ -40,6 +40,11 @@ peers, one inter-op thread per peer), and `--tf_op_threads=INTRAxINTER,...`
 one worker per thread-pool pair given (`TF_NUM_INTRAOP_THREADS`,
 `TF_NUM_INTEROP_THREADS`).
 
+`--with_configured_malloc` adds a torch worker that first calls
+`keras_pcl.allocator.configure_malloc()` (what `keras-pcl train` and the
+examples do: glibc keeps freed activations instead of returning them to the
+kernel, so a PCL step stops page-faulting them back).
+
 `--with_tuned_allocator` runs every implementation a second time with
 `TUNED_ALLOCATOR_ENV` (glibc malloc tunables; labels end in
 `_tuned_malloc`), and the ratios then divide by the fastest plain-PyTorch
@@ -51,7 +56,8 @@ load makes every figure meaningless (on 2 cores, a busy machine slows a
 2-thread PyTorch step tenfold). The issue's figures (#14):
 
     TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/vs_pytorch.py --with_vanilla \\
-        --with_configured_threads --json benchmarks/results/vs_pytorch.json
+        --with_configured_threads --with_configured_malloc \\
+        --json benchmarks/results/vs_pytorch.json
 
 Smoke run (seconds, checks the plumbing only):
 
@@ -86,6 +92,9 @@ TUNED_SUFFIX = "_tuned_malloc"
 # Set in a worker's environment: keras_pcl.threads.configure_tensorflow_threads
 # runs before the worker builds anything.
 CONFIGURE_THREADS_ENV = "VS_PYTORCH_CONFIGURE_THREADS"
+# Set in a worker's environment: keras_pcl.allocator.configure_malloc runs
+# before the worker builds anything.
+CONFIGURE_MALLOC_ENV = "VS_PYTORCH_CONFIGURE_MALLOC"
 
 
 def parse_args(argv=None):
@@ -142,6 +151,13 @@ def parse_args(argv=None):
         help="Also time keras-pcl on TensorFlow after "
         "keras_pcl.threads.configure_tensorflow_threads(num_peers), as "
         "`keras-pcl train` and the examples do (one more worker).",
+    )
+    parser.add_argument(
+        "--with_configured_malloc",
+        action="store_true",
+        help="Also time keras-pcl on torch after "
+        "keras_pcl.allocator.configure_malloc(), as `keras-pcl train` and the "
+        "examples do (one more worker).",
     )
     parser.add_argument(
         "--tf_op_threads",
@@ -245,6 +261,9 @@ def _keras_timers(args, option):
         configured_threads = keras_pcl.threads.configure_tensorflow_threads(
             args.num_peers
         )
+    configured_malloc = None
+    if os.environ.get(CONFIGURE_MALLOC_ENV):
+        configured_malloc = keras_pcl.allocator.configure_malloc()
     data_format = data_format or "channels_last"
     keras.config.set_image_data_format(data_format)
     threads = {}
@@ -318,6 +337,7 @@ def _keras_timers(args, option):
         "keras_version": keras.__version__,
         "backend_version": version,
         "threads": threads,
+        "configured_malloc": configured_malloc,
     }
     return timers, warmup, info
 
@@ -480,6 +500,14 @@ def run(args, argv):
                         f"{label}_configured_threads",
                         spec,
                         dict(env, **{CONFIGURE_THREADS_ENV: "1"}),
+                    )
+                )
+            if b == "torch" and args.with_configured_malloc:
+                specs.append(
+                    (
+                        f"{label}_configured_malloc",
+                        spec,
+                        dict(env, **{CONFIGURE_MALLOC_ENV: "1"}),
                     )
                 )
             if b == "tensorflow":

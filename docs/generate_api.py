@@ -32,6 +32,7 @@ MODULES = (
     "keras_pcl.fusion",
     "keras_pcl.fast_paths",
     "keras_pcl.threads",
+    "keras_pcl.allocator",
     "keras_pcl.methods",
     "keras_pcl.benchmark",
     "keras_pcl.training",

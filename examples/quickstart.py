@@ -197,8 +197,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's export chatter
     config = pcl_config()
     # Before TensorFlow's first op: on a CPU with fewer cores than peers, one
-    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py).
+    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py);
+    # on torch, glibc keeps freed activations (see keras_pcl/allocator.py).
     keras_pcl.threads.configure_tensorflow_threads(config.num_peers)
+    keras_pcl.allocator.configure_malloc()
     start = time.perf_counter()
     result = training.train(config)
     pcl_seconds = time.perf_counter() - start

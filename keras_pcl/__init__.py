@@ -12,6 +12,7 @@ if os.path.basename(sys.argv[0]) == "keras-pcl":
 
     quiet_tensorflow_import()
 
+from keras_pcl import allocator
 from keras_pcl import augmentation
 from keras_pcl import backbones
 from keras_pcl import baselines
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PeerCollaborativeModel",
+    "allocator",
     "augmentation",
     "backbones",
     "baselines",

@@ -275,7 +275,7 @@ def run_benchmark(args):
         make_backbone = training.build_backbone_fn(args.backbone)
     except ValueError as error:
         raise CommandError(_first_line(error)) from None
-    configure_threads(
+    configure_process(
         max((threads.parallel_branches(n, args.num_peers) for n in names), default=1)
     )
     size = args.image_size or (224 if args.backbone == "resnet18" else 32)
@@ -422,20 +422,25 @@ def _tuple_argument(field, text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def configure_threads(num_peers):
-    """`keras_pcl.threads.configure_tensorflow_threads`, where it can still act.
+def configure_process(num_peers):
+    """Process-wide settings for training, where they can still act.
 
-    The `keras-pcl` command starts TensorFlow itself, so the call comes
-    before its first op. Called in a process where TensorFlow already runs
-    (`main` inside a test or a notebook), the pools are fixed and stay as
-    they are: they change only how many ops run at once, never a number.
+    `keras_pcl.threads.configure_tensorflow_threads(num_peers)` (TensorFlow
+    on a CPU with fewer cores than peers) and
+    `keras_pcl.allocator.configure_malloc()` (the torch backend on glibc).
+    The `keras-pcl` command starts TensorFlow itself, so the thread call
+    comes before its first op. Called in a process where TensorFlow already
+    runs (`main` inside a test or a notebook), the pools are fixed and stay
+    as they are. Neither setting changes a computed number.
     """
+    from keras_pcl import allocator
     from keras_pcl import threads
 
     try:
         threads.configure_tensorflow_threads(num_peers)
     except RuntimeError:
         pass
+    allocator.configure_malloc()
 
 
 def run_train(args):
@@ -447,7 +452,7 @@ def run_train(args):
         f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
     }
     if isinstance(args.num_peers, int) and args.num_peers >= 1:
-        configure_threads(threads.parallel_branches(args.method, args.num_peers))
+        configure_process(threads.parallel_branches(args.method, args.num_peers))
     try:
         result = training.train(training.TrainConfig(**values))
     except (ValueError, FileNotFoundError, ImportError) as error:

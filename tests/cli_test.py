@@ -120,12 +120,18 @@ def test_console_script_is_declared():
     assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
 
 
-def record_thread_configuration(monkeypatch):
-    """The `num_peers` each `configure_tensorflow_threads` call was given."""
+def record_process_configuration(monkeypatch):
+    """What `cli.configure_process` set, in order.
+
+    Each `configure_tensorflow_threads` call's `num_peers`, and "malloc" for
+    each `configure_malloc` call.
+    """
+    from keras_pcl import allocator
     from keras_pcl import threads
 
     calls = []
     monkeypatch.setattr(threads, "configure_tensorflow_threads", calls.append)
+    monkeypatch.setattr(allocator, "configure_malloc", lambda: calls.append("malloc"))
     return calls
 
 
@@ -134,7 +140,7 @@ def test_train_then_evaluate_the_checkpoint_and_its_export(
     tmp_path, capsys, monkeypatch
 ):
     workdir = tmp_path / "run"
-    thread_calls = record_thread_configuration(monkeypatch)
+    process_calls = record_process_configuration(monkeypatch)
     code = cli.main(
         [
             "train",
@@ -155,7 +161,7 @@ def test_train_then_evaluate_the_checkpoint_and_its_export(
     assert code == cli.EXIT_OK, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "Best peer: BestPeer(peer=" in out and "Exported best peer" in out
-    assert thread_calls == [2]  # One inter-op thread per peer, before training.
+    assert process_calls == [2, "malloc"]  # A thread per peer; malloc; then train.
 
     args = ["--dataset=digits", "--image_size=8,8", "--validation_split=0.2"]
     assert cli.main(["evaluate", str(workdir / "pcl.keras"), *args]) == cli.EXIT_OK
@@ -203,7 +209,7 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
 
 @torch_only_in_ci  # `fit` timing on every backend is in tests of the library.
 def test_benchmark_times_each_method_against_vanilla(capsys, monkeypatch):
-    thread_calls = record_thread_configuration(monkeypatch)
+    process_calls = record_process_configuration(monkeypatch)
     code = cli.main(
         [
             "benchmark",
@@ -224,7 +230,7 @@ def test_benchmark_times_each_method_against_vanilla(capsys, monkeypatch):
     }
     assert float(rows["vanilla"][1]) > 0 and rows["vanilla"][3] == "1.00"
     assert float(rows["cl_ilr"][3]) > 0  # Step time relative to vanilla's.
-    assert thread_calls == [3]  # cl_ilr's 3 branches; vanilla has one.
+    assert process_calls == [3, "malloc"]  # cl_ilr's 3 branches; vanilla has one.
 
 
 @pytest.mark.parametrize(

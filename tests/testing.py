@@ -146,8 +146,8 @@ def sgd_weights_atol(final, initial, summed_terms, k=16.0):
     return float(k * EPS32 * scale)
 
 
-def run_npz_script(script, out, env=None, timeout=300):
-    """Runs `python script out` in a fresh process and loads the `.npz` it wrote.
+def run_npz_script(script, out, env=None, timeout=300, args=()):
+    """Runs `python script out *args` in a fresh process; loads the `.npz` it wrote.
 
     For checks that need a process of their own (devices or thread pools
     fixed before the backend starts). `env` adds to this process's
@@ -155,7 +155,7 @@ def run_npz_script(script, out, env=None, timeout=300):
     the test with the end of the script's stderr.
     """
     result = subprocess.run(
-        [sys.executable, script, str(out)],
+        [sys.executable, script, str(out), *args],
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {})),
         capture_output=True,
         text=True,
