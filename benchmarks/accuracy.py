@@ -47,6 +47,7 @@ import time
 from absl import app
 from absl import flags
 
+from keras_pcl import allocator
 from keras_pcl.methods import METHODS
 from keras_pcl.training import JIT_COMPILE
 
@@ -540,6 +541,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--methods: unknown {unknown}; known: {list(METHODS)}")
     seeds = [int(s) for s in FLAGS.seeds]
+    # On torch, glibc keeps freed activations (the same numbers, faster; see
+    # keras_pcl/allocator.py), as `keras-pcl train` does.
+    allocator.configure_malloc()
     if FLAGS.validation_freq < 1 or FLAGS.epochs % FLAGS.validation_freq:
         raise app.UsageError(
             f"--validation_freq must be >= 1 and divide --epochs={FLAGS.epochs} "

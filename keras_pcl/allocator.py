@@ -41,6 +41,8 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 # `mallopt` takes a C int: the largest trim threshold it can set (2 GiB).
 TRIM_THRESHOLD = 2**31 - 1
 
+# "0" leaves malloc alone wherever `configure_malloc` is called.
+SWITCH = "KERAS_PCL_CONFIGURE_MALLOC"
 # Settings a user may already have chosen for glibc's malloc.
 _MALLOC_ENV = (
     "MALLOC_MMAP_THRESHOLD_",
@@ -58,8 +60,10 @@ def configure_malloc():
     Sets glibc's mmap threshold to 32 MiB and its trim threshold to 2 GiB
     with `mallopt` when the Keras backend is PyTorch, the process runs on
     glibc, and neither `GLIBC_TUNABLES` nor a `MALLOC_*_` variable sets
-    malloc already, nor is another allocator preloaded (`LD_PRELOAD`).
-    Otherwise it changes nothing: TensorFlow and JAX manage their own
+    malloc already, nor is another allocator preloaded (`LD_PRELOAD`), nor
+    the environment variable `KERAS_PCL_CONFIGURE_MALLOC` is `"0"` (the
+    switch that keeps glibc's own behaviour, for `keras-pcl train` and
+    the examples too). Otherwise it changes nothing: TensorFlow and JAX manage their own
     buffers (measured at about 1,000 and 240,000 page faults per PCL step,
     the latter unchanged by these settings, so they are left alone).
     It may be called at any time; it affects the allocations after it.
@@ -85,9 +89,12 @@ def configure_malloc():
         already chosen).
 
     Raises:
+        ValueError: `KERAS_PCL_CONFIGURE_MALLOC` is neither "1" nor "0".
         RuntimeError: glibc refused a setting (the message names it).
     """
-    if keras.backend.backend() != "torch" or _chosen_already():
+    if not _switched_on() or keras.backend.backend() != "torch":
+        return None
+    if _chosen_already():
         return None
     libc = _glibc()
     if libc is None:
@@ -104,6 +111,17 @@ def configure_malloc():
                 "configure_malloc, or set GLIBC_TUNABLES yourself."
             )
     return settings
+
+
+def _switched_on():
+    """`KERAS_PCL_CONFIGURE_MALLOC`: "1" (the default) or "0" (leave it)."""
+    value = os.environ.get(SWITCH, "1").strip().lower()
+    if value not in ("0", "1", "false", "true"):
+        raise ValueError(
+            f"The environment variable {SWITCH} must be '1' (configure "
+            f"glibc's malloc) or '0' (leave it alone). Received: {value!r}"
+        )
+    return value in ("1", "true")
 
 
 def _chosen_already():

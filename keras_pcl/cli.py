@@ -431,7 +431,9 @@ def configure_process(num_peers):
     The `keras-pcl` command starts TensorFlow itself, so the thread call
     comes before its first op. Called in a process where TensorFlow already
     runs (`main` inside a test or a notebook), the pools are fixed and stay
-    as they are. Neither setting changes a computed number.
+    as they are. If glibc refuses a malloc setting, a one-line warning says
+    so and training goes on without it. Neither setting changes a computed
+    number, only speed.
     """
     from keras_pcl import allocator
     from keras_pcl import threads
@@ -440,7 +442,12 @@ def configure_process(num_peers):
         threads.configure_tensorflow_threads(num_peers)
     except RuntimeError:
         pass
-    allocator.configure_malloc()
+    try:
+        allocator.configure_malloc()
+    except ValueError as error:  # KERAS_PCL_CONFIGURE_MALLOC is neither 1 nor 0.
+        raise CommandError(_first_line(error)) from None
+    except RuntimeError as error:
+        print(f"keras-pcl: warning: {error}", file=sys.stderr)
 
 
 def run_train(args):

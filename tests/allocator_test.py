@@ -3,10 +3,10 @@
 import os
 
 import keras
-import numpy as np
 import pytest
 
 from keras_pcl import allocator
+from tests.testing import assert_trained_bitwise_alike
 from tests.testing import run_npz_script
 
 BACKEND = keras.backend.backend()
@@ -38,6 +38,19 @@ def test_settings_chosen_in_the_environment_are_left_alone(monkeypatch, name, va
     assert allocator.configure_malloc() is None
 
 
+@pytest.mark.parametrize("value", ["0", "false", " 0 "])
+def test_the_switch_leaves_malloc_alone(monkeypatch, value):
+    monkeypatch.setenv("KERAS_PCL_CONFIGURE_MALLOC", value)
+    assert allocator.configure_malloc() is None
+
+
+@pytest.mark.parametrize("value", ["off", "2", ""])
+def test_a_bad_switch_value_is_an_error_that_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("KERAS_PCL_CONFIGURE_MALLOC", value)
+    with pytest.raises(ValueError, match="KERAS_PCL_CONFIGURE_MALLOC must be '1'"):
+        allocator.configure_malloc()
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch backend")
 def test_a_setting_glibc_refuses_is_an_error_that_names_it(monkeypatch):
     # Whether glibc refuses a value depends on its version (2.36 takes an
@@ -65,19 +78,12 @@ def test_configured_malloc_trains_bitwise_the_same_without_page_faults(tmp_path)
     them again page by page (about 20,000 faults per step here), with the
     thresholds set the heap keeps them (a few hundred: the odd new block).
     """
-    if allocator._chosen_already():
-        pytest.skip("this environment already sets glibc's malloc")
+    if allocator._chosen_already() or not allocator._switched_on():
+        pytest.skip("this environment sets glibc's malloc, or says to leave it")
     configured = run_npz_script(SCRIPT, tmp_path / "c.npz", args=["configure"])
     default = run_npz_script(SCRIPT, tmp_path / "d.npz")
     assert bool(configured["configured"]) and not bool(default["configured"])
-    names = [k for k in configured.files if k.startswith(("weight_", "log_"))]
-    assert sorted(names) == sorted(
-        k for k in default.files if k.startswith(("weight_", "log_"))
-    )
-    assert any("mean_teacher" in n for n in names)
-    assert any("moving_variance" in n for n in names)
-    for name in names:
-        np.testing.assert_array_equal(configured[name], default[name], err_msg=name)
+    assert_trained_bitwise_alike(configured, default)
     faults = float(configured["page_faults_per_step"])
     default_faults = float(default["page_faults_per_step"])
     assert default_faults > 5000, default_faults  # 1-4 MiB blocks, 4 KiB pages.

@@ -135,6 +135,30 @@ def record_process_configuration(monkeypatch):
     return calls
 
 
+def test_a_refused_malloc_setting_is_a_one_line_warning(capsys, monkeypatch):
+    from keras_pcl import allocator
+    from keras_pcl import threads
+
+    def refuse():
+        raise RuntimeError("configure_malloc: glibc's mallopt refused it.")
+
+    monkeypatch.setattr(threads, "configure_tensorflow_threads", lambda n: None)
+    monkeypatch.setattr(allocator, "configure_malloc", refuse)
+    cli.configure_process(2)  # Goes on: malloc settings change only speed.
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "keras-pcl: warning: configure_malloc: glibc's mallopt refused it."
+    ]
+
+
+def test_a_bad_malloc_switch_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_PCL_CONFIGURE_MALLOC", "off")
+    code = cli.main(["train", "--dataset=digits", f"--workdir={tmp_path}/w"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and len(lines) == 1, lines
+    assert "KERAS_PCL_CONFIGURE_MALLOC must be '1'" in lines[0]
+
+
 @torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
 def test_train_then_evaluate_the_checkpoint_and_its_export(
     tmp_path, capsys, monkeypatch

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 import keras_pcl  # noqa: E402
 from tests.testing import colour_dataset  # noqa: E402
+from tests.testing import training_arrays  # noqa: E402
 
 BATCH_SIZE = 64
 STEPS = 2
@@ -41,11 +42,7 @@ def main(out, configure):
         "configured": np.array(configured is not None),
         "page_faults_per_step": np.array(faults / STEPS),
     }
-    for key, values in history.history.items():
-        arrays[f"log_{key}"] = np.asarray(values)
-    for i, variable in enumerate(model.variables):
-        arrays[f"weight_{i}_{variable.path}"] = keras.ops.convert_to_numpy(variable)
-    np.savez(out, **arrays)
+    np.savez(out, **arrays, **training_arrays(model, history))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,35 @@ def weights_of(layer):
     return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.weights]
 
 
+def training_arrays(model, history):
+    """A trained model's logs and every variable, as `.npz`-ready arrays.
+
+    Keys `log_<name>` and `weight_<i>_<path>`; compared by
+    `assert_trained_bitwise_alike`.
+    """
+    arrays = {f"log_{k}": np.asarray(v) for k, v in history.history.items()}
+    for i, variable in enumerate(model.variables):
+        arrays[f"weight_{i}_{variable.path}"] = keras.ops.convert_to_numpy(variable)
+    return arrays
+
+
+def assert_trained_bitwise_alike(a, b):
+    """Two runs' `training_arrays` (loaded `.npz` files) are bitwise equal.
+
+    For settings that change where or when the same ops run, never what
+    they compute: every log and every weight (students, mean teachers,
+    moving statistics) must match exactly.
+    """
+    names = [k for k in a.files if k.startswith(("weight_", "log_"))]
+    assert sorted(names) == sorted(
+        k for k in b.files if k.startswith(("weight_", "log_"))
+    )
+    assert any("mean_teacher" in n for n in names)
+    assert any("moving_variance" in n for n in names)
+    for name in names:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
 def float32_atol(magnitude, k):
     """Absolute tolerance for the same float32 math evaluated in another order.
 

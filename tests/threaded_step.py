@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tests.testing import colour_dataset  # noqa: E402
+from tests.testing import training_arrays  # noqa: E402
 
 
 def main(out):
@@ -42,11 +43,7 @@ def main(out):
         "configured": np.array(configured or 0),
         "inter_op": np.array(tf.config.threading.get_inter_op_parallelism_threads()),
     }
-    for key, values in history.history.items():
-        arrays[f"log_{key}"] = np.asarray(values)
-    for i, variable in enumerate(model.variables):
-        arrays[f"weight_{i}_{variable.path}"] = keras.ops.convert_to_numpy(variable)
-    np.savez(out, **arrays)
+    np.savez(out, **arrays, **training_arrays(model, history))
 
 
 if __name__ == "__main__":
