@@ -63,9 +63,10 @@ def configure_malloc():
     malloc already, nor is another allocator preloaded (`LD_PRELOAD`), nor
     the environment variable `KERAS_PCL_CONFIGURE_MALLOC` is `"0"` (the
     switch that keeps glibc's own behaviour, for `keras-pcl train` and
-    the examples too). Otherwise it changes nothing: TensorFlow and JAX manage their own
-    buffers (measured at about 1,000 and 240,000 page faults per PCL step,
-    the latter unchanged by these settings, so they are left alone).
+    the examples too). Otherwise it changes nothing. TensorFlow and JAX
+    manage their own buffers (measured at about 1,000 and 240,000 page
+    faults per PCL step, the latter unchanged by these settings), so they
+    are left alone.
     It may be called at any time; it affects the allocations after it.
 
     Measured on a 2-core VM (CIFAR ResNet-32, `m = 3`, batch 128, torch

@@ -28,7 +28,6 @@ from tests.testing import sgd_weights_atol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STEP_SCRIPT = os.path.join(HERE, "multi_process_step.py")
-RESUMABLE_RUN = os.path.join(HERE, "resumable_run.py")
 BACKUP_FILES = [
     "latest.weights.h5",
     "latest.weights.h5.bkp",
