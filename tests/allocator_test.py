@@ -72,11 +72,14 @@ def test_configured_malloc_trains_bitwise_the_same_without_page_faults(tmp_path)
     """Two fresh processes train a ResNet-8 PCL model: configured vs glibc's own.
 
     Only where freed memory goes changes, so every weight (students, mean
-    teachers, moving statistics) and every log must be bitwise equal. The
-    page faults of two steady-state steps are counted, not timed: by
-    default glibc hands its freed activations back to the kernel and takes
-    them again page by page (about 20,000 faults per step here), with the
-    thresholds set the heap keeps them (a few hundred: the odd new block).
+    teachers, moving statistics) and every log must be bitwise equal. Page
+    faults are counted, not timed, as the median over the last five of ten
+    steps (the first steps grow the heap either way: CI once saw 2,700
+    faults in a configured third step). By default glibc hands its freed
+    activations back to the kernel and takes them again page by page
+    (14,000-17,000 faults per step here); with the thresholds set the heap
+    keeps them (2-3 per step, a few hundred for the odd new block). The
+    factor of 10 asked is far below the thousands measured.
     """
     if allocator._chosen_already() or not allocator._switched_on():
         pytest.skip("this environment sets glibc's malloc, or says to leave it")
