@@ -74,8 +74,8 @@ def test_configured_malloc_trains_bitwise_the_same_without_page_faults(tmp_path)
     Only where freed memory goes changes, so every weight (students, mean
     teachers, moving statistics) and every log must be bitwise equal. Page
     faults are counted, not timed, as the median over the last five of ten
-    steps (the first steps grow the heap either way: CI once saw 2,700
-    faults in a configured third step). By default glibc hands its freed
+    steps (the first steps grow the heap either way: CI once counted 2,692
+    per configured step over steps 3-4). By default glibc hands its freed
     activations back to the kernel and takes them again page by page
     (14,000-17,000 faults per step here); with the thresholds set the heap
     keeps them (2-3 per step, a few hundred for the odd new block). The
