@@ -7,7 +7,10 @@
 #   * .gpudata/cifar10.npz is the CIFAR-10 split written here with
 #     `python benchmarks/accuracy.py --write_bundle=.gpudata/cifar10.npz
 #      --train_images=0` (45,000 training / 5,000 validation images).
-# Steps: (1) throughput of PCL and vanilla, ResNet-32, batch 128, JAX;
+# Steps: (1) throughput of PCL (fused views, the default on a GPU, and one
+# pass per view) and vanilla, ResNet-32, batch 128, JAX, in float32,
+# mixed_bfloat16 and mixed_float16 side by side (issue #14; up to
+# THROUGHPUT_TIMEOUT seconds, 9 models to compile);
 # (2) the accuracy benchmark, one process per method (the small ResNet-8
 # leaves the GPU mostly idle, so methods share it), 3 seeds each, until the
 # time budget; (3) everything packed into $OUT/gpu_results.tgz.
@@ -25,11 +28,12 @@ cat "$R/gpu.txt"
 python3 -c "import keras, jax, torch; print(keras.__version__, jax.__version__, jax.devices(), torch.__version__)" 2>&1 | tail -1
 
 echo "== throughput $(date +%T)"
-KERAS_BACKEND=jax timeout 120 python3 benchmarks/throughput.py --depth=32 \
-    --batch_size=128 --steps=20 --repeats=3 \
+KERAS_BACKEND=jax timeout "${THROUGHPUT_TIMEOUT:-360}" python3 \
+    benchmarks/throughput.py --depth=32 --batch_size=128 --steps=20 --repeats=3 \
+    --fusion=both --mixed_precision=none,bfloat16,float16 \
     --label="GPU, see benchmarks/gpu_run.sh" \
     --json="$R/throughput_jax_gpu_resnet32.json" > "$R/throughput_jax.log" 2>&1
-tail -6 "$R/throughput_jax.log"
+tail -16 "$R/throughput_jax.log"
 
 echo "== accuracy $(date +%T)"
 # The core methods get 3 seeds, the PCL ablations one.

@@ -20,6 +20,14 @@ models; the reported figure is the median (the best run is reported as
 well, it is less sensitive to other load on the machine). `x vanilla` is
 each method's step time / vanilla's step time (`ratio` in the JSON: PCL's).
 
+`--mixed_precision=none,bfloat16` (any of none, float16, bfloat16) builds
+every model once per Keras dtype policy (`float32`, `mixed_float16`,
+`mixed_bfloat16`) and times them all side by side, alternating; a model of
+a mixed policy is named `<model>_<policy>` (`pcl_bfloat16`), and the JSON's
+`by_policy` gives each policy's PCL and vanilla images/s, PCL/plain ratio
+and PCL speed-up over float32. float16 gets Keras' loss scaling, as in
+`keras-pcl train --mixed_precision=float16`.
+
 Usage:
 
     KERAS_BACKEND=jax python benchmarks/throughput.py \
@@ -30,6 +38,8 @@ Usage:
         --json benchmarks/results/throughput_jax_resnet110.json
     KERAS_BACKEND=torch python benchmarks/throughput.py --models=all \
         --depth=8 --batch_size=32
+    KERAS_BACKEND=jax python benchmarks/throughput.py \
+        --mixed_precision=none,bfloat16,float16    # on a GPU
 """
 
 import json
@@ -106,12 +116,36 @@ flags.DEFINE_enum(
     "default), one pass per view (`fuse_views=False`, timed as "
     "'pcl_separate'), or both, alternating.",
 )
+flags.DEFINE_list(
+    "mixed_precision",
+    ["none"],
+    "Dtype policies to time side by side: none (float32), float16 "
+    "(mixed_float16), bfloat16 (mixed_bfloat16). Models of a mixed policy are "
+    "named <model>_<policy>.",
+)
+flags.DEFINE_bool(
+    "library_settings",
+    True,
+    "First call keras_pcl.threads.configure_tensorflow_threads (unless "
+    "--inter_op_threads is set) and keras_pcl.allocator.configure_malloc, "
+    "as `keras-pcl train`, `keras-pcl benchmark` and the examples do; "
+    "--nolibrary_settings times the backends' defaults.",
+)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 flags.DEFINE_string("label", None, "Free-form label stored in the JSON.")
 
 
-def _configure_threads(backend):
+def _configure_threads(backend, names):
+    if FLAGS.library_settings:
+        from keras_pcl import allocator
+        from keras_pcl import threads
+
+        if not FLAGS.inter_op_threads:
+            threads.configure_tensorflow_threads(
+                max(threads.parallel_branches(n, FLAGS.num_peers) for n in names)
+            )
+        allocator.configure_malloc()
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -211,6 +245,40 @@ def build_model(name, keras, keras_pcl):
     return model
 
 
+MIXED_PRECISION_POLICIES = {
+    "none": "float32",
+    "float16": "mixed_float16",
+    "bfloat16": "mixed_bfloat16",
+}
+
+
+def _model_name(name, precision):
+    return name if precision == "none" else f"{name}_{precision}"
+
+
+def _policy_summary(results, precision):
+    """PCL and vanilla figures of one `--mixed_precision` entry."""
+
+    def images_per_sec(name):
+        r = results.get(_model_name(name, precision))
+        return r["images_per_sec"] if r else None
+
+    summary = {
+        "dtype_policy": MIXED_PRECISION_POLICIES[precision],
+        "pcl_images_per_sec": images_per_sec("pcl"),
+        "pcl_separate_images_per_sec": images_per_sec("pcl_separate"),
+        "vanilla_images_per_sec": images_per_sec("vanilla"),
+        "ratio": None,
+        "pcl_speedup_over_float32": None,
+    }
+    pcl, vanilla = summary["pcl_images_per_sec"], summary["vanilla_images_per_sec"]
+    if pcl and vanilla:
+        summary["ratio"] = vanilla / pcl  # PCL step time / vanilla step time.
+    if pcl and "pcl" in results:
+        summary["pcl_speedup_over_float32"] = pcl / results["pcl"]["images_per_sec"]
+    return summary
+
+
 def main(argv):
     del argv
 
@@ -225,7 +293,21 @@ def main(argv):
             f"--backbone must be one of {keras_pcl.backbones.names()}. "
             f"Received: --backbone={FLAGS.backbone}"
         )
-    threads = _configure_threads(backend)
+    names = list(METHODS) if FLAGS.models == ["all"] else FLAGS.models
+    names = ["vanilla" if n == "baseline" else n for n in names]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise app.UsageError(
+            f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
+        )
+    precisions = list(dict.fromkeys(FLAGS.mixed_precision))
+    bad = [p for p in precisions if p not in MIXED_PRECISION_POLICIES]
+    if bad or not precisions:
+        raise app.UsageError(
+            f"--mixed_precision takes a list of {list(MIXED_PRECISION_POLICIES)}. "
+            f"Received: --mixed_precision={','.join(FLAGS.mixed_precision)}"
+        )
+    threads = _configure_threads(backend, names)
     keras.utils.set_random_seed(FLAGS.seed)
 
     spe = FLAGS.steps_per_execution
@@ -236,19 +318,24 @@ def main(argv):
     n = max(steps, warmup_steps) * FLAGS.batch_size
     x, y = random_images(n, _image_shape(), FLAGS.num_classes, FLAGS.seed)
 
-    names = list(METHODS) if FLAGS.models == ["all"] else FLAGS.models
-    names = ["vanilla" if n == "baseline" else n for n in names]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise app.UsageError(
-            f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
-        )
     if FLAGS.fusion == "both" and "pcl" in names:
         names.insert(names.index("pcl") + 1, "pcl_separate")
-    models = {name: build_model(name, keras, keras_pcl) for name in names}
+    models = {}
+    default_policy = keras.config.dtype_policy()
+    try:
+        for precision in precisions:
+            keras.config.set_dtype_policy(MIXED_PRECISION_POLICIES[precision])
+            for name in names:
+                models[_model_name(name, precision)] = build_model(
+                    name, keras, keras_pcl
+                )
+    finally:
+        keras.config.set_dtype_policy(default_policy)
     results = time_models(
         models, x, y, FLAGS.batch_size, steps, FLAGS.repeats, warmup_steps
     )
+    for name, model in models.items():
+        results[name]["dtype_policy"] = model.dtype_policy.name
     for name, r in results.items():
         print(
             f"[{backend}] {name}: {r['images_per_sec']:.1f} img/s median, "
@@ -287,6 +374,8 @@ def main(argv):
             else None
         ),
         "fusion": FLAGS.fusion,
+        "mixed_precision": precisions,
+        "by_policy": {p: _policy_summary(results, p) for p in precisions},
         "label": FLAGS.label,
         "steps": steps,
         "warmup_steps": warmup_steps,
@@ -303,6 +392,7 @@ def main(argv):
         "steps_per_execution": spe,
         "data_format": FLAGS.data_format,
         "threads": threads,
+        "library_settings": FLAGS.library_settings,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "keras_version": keras.__version__,
         "backend_version": _backend_version(backend),
@@ -336,6 +426,17 @@ def main(argv):
             f"ratio (PCL step time / vanilla step time): {out['ratio']:.2f} "
             f"median, {out['best_ratio']:.2f} best"
         )
+    for precision, summary in out["by_policy"].items():
+        if precision == "none":
+            continue
+        figures = [f"{summary['dtype_policy']}:"]
+        if summary["ratio"] is not None:
+            figures.append(f"PCL/vanilla {summary['ratio']:.2f}")
+        if summary["pcl_speedup_over_float32"] is not None:
+            figures.append(
+                f"PCL {summary['pcl_speedup_over_float32']:.2f}x float32's images/s"
+            )
+        print(" ".join(figures))
 
     if FLAGS.json:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)

@@ -27,6 +27,11 @@ work as one step of `keras_pcl.PeerCollaborativeModel` (see `make_step`):
   which also decays BN and classifier parameters; keras-pcl users put
   `L2(5e-4 / 2)` on the convolution kernels only: the same cost).
 
+`--autocast=bfloat16` runs every forward pass (students, ensemble, mean
+teachers) under `torch.autocast("cpu", torch.bfloat16)`, PyTorch's own
+mixed precision, and the loss on float32 logits: what a PyTorch user would
+set against keras-pcl's `mixed_bfloat16` policy.
+
 `--model=vanilla` times the plain network (the whole backbone +
 `Linear(64, classes)`) on one augmented view with cross-entropy, for the
 PCL/plain ratio.
@@ -48,6 +53,7 @@ Usage:
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -65,6 +71,7 @@ MEMORY_FORMATS = {
     "contiguous": torch.contiguous_format,
     "channels_last": torch.channels_last,
 }
+AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------
@@ -309,6 +316,7 @@ def make_step(
     padding=4,
     memory_format=torch.contiguous_format,
     generator=None,
+    autocast=None,
 ):
     """Returns `step(images, labels) -> dict`: one PCL training step.
 
@@ -324,6 +332,9 @@ def make_step(
         padding: augmentation padding.
         memory_format: of the network inputs (and so of every activation).
         generator: optional `torch.Generator` for the augmentation.
+        autocast: None (float32) or a dtype (`torch.bfloat16`): the forward
+            passes run under `torch.autocast("cpu", autocast)`, the loss on
+            float32 logits.
 
     The returned dict holds `loss`, `ce`, `pe`, `pm` (detached scalars),
     `consistency_weight`, `alpha`, and the step's `peer_logits`,
@@ -341,16 +352,17 @@ def make_step(
             torch._foreach_lerp_(teacher_params, student_params, 1.0 - alpha)
         views = [augment(images, padding, memory_format, generator) for _ in range(m)]
         features, peer_logits = [], []
-        for peer, view in zip(net.peers, views):
-            f, z = peer(net.trunk(view))
-            features.append(f)
-            peer_logits.append(z)
-        ensemble_logits = net.ensemble(torch.cat(features, dim=1))
-        with torch.no_grad():  # Train mode: batch statistics.
-            teacher_logits = [
-                peer(teachers.trunk(view))[1]
-                for peer, view in zip(teachers.peers, views)
-            ]
+        with _autocast(autocast):
+            for peer, view in zip(net.peers, views):
+                f, z = peer(net.trunk(view))
+                features.append(f)
+                peer_logits.append(z.float())
+            ensemble_logits = net.ensemble(torch.cat(features, dim=1)).float()
+            with torch.no_grad():  # Train mode: batch statistics.
+                teacher_logits = [
+                    peer(teachers.trunk(view))[1].float()
+                    for peer, view in zip(teachers.peers, views)
+                ]
         weight = consistency_rampup(k, rampup_steps, consistency_weight)
         loss, ce, pe, pm = pcl_objective(
             labels, peer_logits, ensemble_logits, teacher_logits, temperature, weight
@@ -376,13 +388,26 @@ def make_step(
     return step
 
 
+def _autocast(dtype):
+    """`torch.autocast("cpu", dtype)`, or nothing for None (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=dtype)
+
+
 def make_vanilla_step(
-    net, optimizer, padding=4, memory_format=torch.contiguous_format, generator=None
+    net,
+    optimizer,
+    padding=4,
+    memory_format=torch.contiguous_format,
+    generator=None,
+    autocast=None,
 ):
     """Returns `step(images, labels) -> dict`: one plain training step."""
 
     def step(images, labels):
-        logits = net(augment(images, padding, memory_format, generator))
+        with _autocast(autocast):
+            logits = net(augment(images, padding, memory_format, generator)).float()
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -402,13 +427,21 @@ def build(
     lr=0.1,
     weight_decay=5e-4,
     seed=0,
+    autocast=None,
     **step_kwargs,
 ):
     """`(step, modules)` for `model` in `("pcl", "vanilla")`, in train mode.
 
+    `autocast`: None (float32) or `"bfloat16"` (`torch.autocast`).
     `modules` is `{"net": ..., "teachers": ..., "optimizer": ...}`
     (`teachers` is None for vanilla).
     """
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"autocast must be one of {sorted(AUTOCAST_DTYPES, key=str)}. "
+            f"Received: autocast={autocast!r}"
+        )
+    autocast = AUTOCAST_DTYPES[autocast]
     torch.manual_seed(seed)
     fmt = MEMORY_FORMATS[memory_format]
     padding = max(1, image_size // 8)
@@ -424,13 +457,14 @@ def build(
             padding=padding,
             memory_format=fmt,
             generator=generator,
+            autocast=autocast,
             **step_kwargs,
         )
     elif model == "vanilla":
         net = PlainNet(depth, num_classes).to(memory_format=fmt).train()
         teachers = None
         optimizer = make_optimizer(net.parameters(), lr, weight_decay)
-        step = make_vanilla_step(net, optimizer, padding, fmt, generator)
+        step = make_vanilla_step(net, optimizer, padding, fmt, generator, autocast)
     else:
         raise ValueError(f"model must be 'pcl' or 'vanilla'. Received: {model!r}")
     return step, {"net": net, "teachers": teachers, "optimizer": optimizer}
@@ -470,6 +504,12 @@ def main(argv=None):
         "--memory_format", choices=sorted(MEMORY_FORMATS), default="contiguous"
     )
     parser.add_argument("--weight_decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--autocast",
+        choices=["none", "bfloat16"],
+        default="none",
+        help="Forward passes under torch.autocast (mixed precision).",
+    )
     parser.add_argument("--threads", type=int, default=0, help="0: torch default.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Write the results here.")
@@ -486,6 +526,7 @@ def main(argv=None):
         memory_format=args.memory_format,
         weight_decay=args.weight_decay,
         seed=args.seed,
+        autocast=None if args.autocast == "none" else args.autocast,
     )
     n = max(args.steps, args.warmup_steps) * args.batch_size
     x, y = random_batches(n, args.image_size, args.num_classes, args.seed)

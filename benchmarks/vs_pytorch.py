@@ -45,6 +45,15 @@ one worker per thread-pool pair given (`TF_NUM_INTRAOP_THREADS`,
 examples do: glibc keeps freed activations instead of returning them to the
 kernel, so a PCL step stops page-faulting them back).
 
+`--with_bfloat16` adds the same runs in mixed precision: plain PyTorch
+under `torch.autocast("cpu", torch.bfloat16)` (each reference format), and
+keras-pcl's TensorFlow backend under the `mixed_bfloat16` policy (with the
+library's thread pool if `--with_configured_threads`); labels end in
+`_bfloat16`. `x plain PyTorch` compares like with like: float32 workers
+with the fastest float32 reference, bfloat16 ones with the fastest
+bfloat16 reference. It pays on CPUs with bfloat16 instructions
+(AVX512_BF16, AMX).
+
 `--with_tuned_allocator` runs every implementation a second time with
 `TUNED_ALLOCATOR_ENV` (glibc malloc tunables; labels end in
 `_tuned_malloc`), and the ratios then divide by the fastest plain-PyTorch
@@ -95,6 +104,13 @@ CONFIGURE_THREADS_ENV = "VS_PYTORCH_CONFIGURE_THREADS"
 # Set in a worker's environment: keras_pcl.allocator.configure_malloc runs
 # before the worker builds anything.
 CONFIGURE_MALLOC_ENV = "VS_PYTORCH_CONFIGURE_MALLOC"
+# Set in a worker's environment: mixed precision (bfloat16) for that worker.
+BFLOAT16_ENV = "VS_PYTORCH_BFLOAT16"
+BFLOAT16_SUFFIX = "_bfloat16"
+
+
+def _precision():
+    return "bfloat16" if os.environ.get(BFLOAT16_ENV) else "float32"
 
 
 def parse_args(argv=None):
@@ -189,6 +205,12 @@ def parse_args(argv=None):
         "worker's threads go idle).",
     )
     parser.add_argument(
+        "--with_bfloat16",
+        action="store_true",
+        help="Also time plain PyTorch under torch.autocast(bfloat16) and "
+        "keras-pcl's TensorFlow backend under mixed_bfloat16.",
+    )
+    parser.add_argument(
         "--with_tuned_allocator",
         action="store_true",
         help="Also run every implementation with GLIBC_TUNABLES malloc settings "
@@ -231,6 +253,7 @@ def _reference_timers(args, memory_format):
             memory_format=memory_format,
             weight_decay=args.weight_decay,
             seed=args.seed,
+            autocast=None if _precision() == "float32" else _precision(),
         )
         warmup[model] = ref.time_steps(step, x, y, args.batch_size, args.warmup_steps)
         timers[model] = lambda step=step: ref.time_steps(
@@ -239,6 +262,7 @@ def _reference_timers(args, memory_format):
     info = {
         "implementation": "plain_pytorch",
         "memory_format": memory_format,
+        "precision": _precision(),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -305,6 +329,8 @@ def _keras_timers(args, option):
         keras.regularizers.L2(args.weight_decay / 2) if args.weight_decay else None
     )
     timers, warmup, resolved = {}, {}, {}
+    if _precision() == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
     for model_name in _models(args):
         backbone = keras_pcl.backbones.CIFARResNet(
             depth=args.depth,
@@ -330,6 +356,8 @@ def _keras_timers(args, option):
     info = {
         "implementation": "keras_pcl",
         "backend": backend,
+        "precision": _precision(),
+        "dtype_policy": keras.config.dtype_policy().name,
         "data_format": data_format,
         "fast_paths": fast_paths.enabled(),
         "jit_compile": args.jit_compile,
@@ -467,6 +495,11 @@ def run(args, argv):
             "--reference_formats needs at least one of contiguous, channels_last"
         )
     specs = [(f"pytorch_{f}", f"reference:{f}", None) for f in formats]
+    if args.with_bfloat16:
+        specs += [
+            (f"pytorch_{f}{BFLOAT16_SUFFIX}", f"reference:{f}", {BFLOAT16_ENV: "1"})
+            for f in formats
+        ]
     torch_formats = _split(args.keras_torch_data_format)
     bad = [f for f in torch_formats if f not in ("channels_last", "channels_first")]
     if bad or not torch_formats:
@@ -515,6 +548,11 @@ def run(args, argv):
                     (f"{label}_{name}", spec, dict(env, **pools))
                     for name, pools in tf_pools
                 ]
+            if b == "tensorflow" and args.with_bfloat16:
+                bf16_env = dict(env, **{BFLOAT16_ENV: "1"})
+                if args.with_configured_threads:
+                    bf16_env[CONFIGURE_THREADS_ENV] = "1"
+                specs.append((f"{label}{BFLOAT16_SUFFIX}", spec, bf16_env))
     if args.with_tuned_allocator:
         specs += [
             (f"{label}{TUNED_SUFFIX}", spec, dict(env or {}, **TUNED_ALLOCATOR_ENV))
@@ -566,18 +604,34 @@ def run(args, argv):
                 entry["pcl"]["step_seconds"] / entry["vanilla"]["step_seconds"]
             )
         results[worker.label] = entry
-    references = [label for label in results if label.startswith("pytorch_")]
-    fastest = max(references, key=lambda k: results[k]["pcl"]["images_per_sec"])
-    reference_ips = results[fastest]["pcl"]["images_per_sec"]
+    # Like with like: each worker against the fastest reference of its precision.
+    fastest_of = {}
     for label, entry in results.items():
-        entry["x_plain_pytorch"] = entry["pcl"]["images_per_sec"] / reference_ips
+        if label.startswith("pytorch_"):
+            best = fastest_of.get(entry["precision"])
+            ips = entry["pcl"]["images_per_sec"]
+            if best is None or ips > results[best]["pcl"]["images_per_sec"]:
+                fastest_of[entry["precision"]] = label
+    fastest = fastest_of["float32"]
+    for label, entry in results.items():
+        reference = fastest_of[entry["precision"]]
+        entry["plain_pytorch_reference"] = reference
+        entry["x_plain_pytorch"] = (
+            entry["pcl"]["images_per_sec"] / results[reference]["pcl"]["images_per_sec"]
+        )
         per_round = [
             ref_s / own_s
-            for own_s, ref_s in zip(seconds[(label, "pcl")], seconds[(fastest, "pcl")])
+            for own_s, ref_s in zip(
+                seconds[(label, "pcl")], seconds[(reference, "pcl")]
+            )
         ]
         entry["x_plain_pytorch_per_round"] = per_round
         entry["x_plain_pytorch_median_of_rounds"] = statistics.median(per_round)
-    keras_labels = [label for label in results if label.startswith("keras_pcl_")]
+    keras_labels = [
+        label
+        for label in results
+        if label.startswith("keras_pcl_") and results[label]["precision"] == "float32"
+    ]
     fastest_keras = (
         max(keras_labels, key=lambda k: results[k]["pcl"]["images_per_sec"])
         if keras_labels
@@ -586,6 +640,7 @@ def run(args, argv):
     return {
         "label": args.label,
         "fastest_reference": fastest,
+        "fastest_reference_by_precision": fastest_of,
         "fastest_keras_pcl": fastest_keras,
         "fastest_keras_pcl_x_plain_pytorch": (
             results[fastest_keras]["x_plain_pytorch"] if fastest_keras else None
@@ -611,8 +666,9 @@ def print_table(out, args):
     if args.with_vanilla:
         rows[0] += ("plain img/s", "PCL/plain")
     for label, entry in out["results"].items():
+        references = set(out.get("fastest_reference_by_precision", {}).values())
         row = (
-            label + (" *" if label == out["fastest_reference"] else ""),
+            label + (" *" if label in references else ""),
             f"{entry['pcl']['images_per_sec']:.1f}",
             f"{entry['pcl']['best_images_per_sec']:.1f}",
             f"{entry['x_plain_pytorch']:.2f}",
@@ -626,7 +682,8 @@ def print_table(out, args):
     print(
         f"\nResNet-{args.depth}, m={args.num_peers}, batch {args.batch_size}, "
         f"{args.steps} steps x {args.rounds} rounds, cpus={os.cpu_count()} "
-        "(medians; * = the plain-PyTorch step the ratios divide by)"
+        "(medians; * = the plain-PyTorch step the ratios divide by, one per "
+        "precision)"
     )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -92,7 +92,25 @@ def _plain_float32(layer, x):
     return (
         keras.backend.standardize_dtype(x.dtype) == "float32"
         and layer.compute_dtype == "float32"
-        and layer.variable_dtype == "float32"
+        and _plain_layer(layer)
+    )
+
+
+def _plain_mixed_precision(layer, x):
+    """Whether `layer` computes in float16 or bfloat16 on such an input,
+    with float32 variables (a `mixed_float16`/`mixed_bfloat16` policy),
+    and no extras."""
+    return (
+        layer.compute_dtype in ("float16", "bfloat16")
+        and keras.backend.standardize_dtype(x.dtype) == layer.compute_dtype
+        and _plain_layer(layer)
+    )
+
+
+def _plain_layer(layer):
+    """Float32 variables, not quantised, no LoRA, no activity regulariser."""
+    return (
+        layer.variable_dtype == "float32"
         and getattr(layer, "quantization_mode", None) is None
         and not getattr(layer, "lora_enabled", False)
         and layer.activity_regularizer is None
@@ -178,7 +196,7 @@ def _covers_tf_batch_norm(layer, x, training):
         and layer.epsilon >= _TF_MIN_EPSILON
         and not layer.renorm
         and not layer.synchronized
-        and _plain_float32(layer, x)
+        and (_plain_float32(layer, x) or _plain_mixed_precision(layer, x))
     )
 
 
@@ -336,24 +354,34 @@ def _tf_batch_norm(layer, x):
     CPU without it). The fused kernel returns the batch's unbiased
     variance (`n / (n - 1)` times the biased one); the moving statistics
     take Keras' biased variance back from it.
+
+    Under a mixed policy (`x` in float16 or bfloat16) Keras casts `x` to
+    float32, normalises in float32 and casts the result back; the kernel
+    takes `x` as it is (`T`), computes in float32 (`U`, the type of the
+    scale, offset and statistics) and rounds its result, and the gradient
+    with respect to `x`, to `T` once, as Keras' casts do. Widening
+    float16/bfloat16 to float32 is exact, so this changes only the float32
+    reduction order, as for float32 inputs; it saves the two casts and the
+    unfused ops (on a CPU with bfloat16 instructions, what lets
+    `mixed_bfloat16` train faster than float32: `benchmarks/README.md`).
     """
     import tensorflow as tf
 
     channels = x.shape[-1]
-    scale = layer.gamma.value if layer.scale else tf.ones((channels,), x.dtype)
-    offset = layer.beta.value if layer.center else tf.zeros((channels,), x.dtype)
+    scale = layer.gamma.value if layer.scale else tf.ones((channels,), "float32")
+    offset = layer.beta.value if layer.center else tf.zeros((channels,), "float32")
     outputs, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=x,
         scale=tf.convert_to_tensor(scale),
         offset=tf.convert_to_tensor(offset),
-        mean=tf.constant([], x.dtype),
-        variance=tf.constant([], x.dtype),
+        mean=tf.constant([], "float32"),
+        variance=tf.constant([], "float32"),
         epsilon=layer.epsilon,
         exponential_avg_factor=1.0,
         data_format="NHWC",
         is_training=True,
     )
-    count = tf.cast(tf.reduce_prod(tf.shape(x, out_type=tf.int64)[:-1]), x.dtype)
+    count = tf.cast(tf.reduce_prod(tf.shape(x, out_type=tf.int64)[:-1]), "float32")
     # n = 1: Keras' variance is 0; the kernel's n / (n - 1) is inf or nan.
     variance = tf.math.multiply_no_nan(unbiased, (count - 1.0) / count)
     _update_moving_statistics(layer, tf.stop_gradient(mean), tf.stop_gradient(variance))

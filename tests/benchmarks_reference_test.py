@@ -169,3 +169,26 @@ def test_same_trainable_parameters_as_keras_pcl_and_vanilla_runs():
     assert sum(p.numel() for p in modules["net"].parameters()) == plain
     x, y = _batch()
     assert np.isfinite(float(step(x, y)["loss"]))
+
+
+def test_autocast_runs_the_convolutions_in_bfloat16_and_the_loss_in_float32():
+    """`--autocast=bfloat16`: what a PyTorch user sets against mixed_bfloat16."""
+    seen = []
+    step, modules = ref.build("pcl", depth=8, image_size=SIZE, autocast="bfloat16")
+    handles = [
+        module.register_forward_hook(lambda mod, i, out: seen.append(out.dtype))
+        for module in modules["net"].modules()
+        if isinstance(module, torch.nn.Conv2d)
+    ]
+    x, y = _batch()
+    out = step(x, y)
+    for handle in handles:
+        handle.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    for logits in out["peer_logits"] + out["mean_teacher_logits"]:
+        assert logits.dtype == torch.float32
+    # Weights stay float32 (autocast casts per op).
+    assert {p.dtype for p in modules["net"].parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        ref.build("pcl", depth=8, image_size=SIZE, autocast="float16")

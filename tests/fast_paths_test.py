@@ -245,6 +245,119 @@ def test_tf_batch_norm_of_one_value_per_channel_has_zero_variance():
     )
 
 
+def _half_ulp_steps(got, expected, dtype):
+    """|got - expected| in units of the float16/bfloat16 spacing at `expected`."""
+    import ml_dtypes
+
+    half = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    expected = np.asarray(expected, np.float32)
+    spacing = np.abs(
+        np.nextafter(expected.astype(half), np.array(np.inf, half)).astype(np.float32)
+        - expected.astype(half).astype(np.float32)
+    )
+    return np.abs(np.asarray(got, np.float32) - expected) / spacing
+
+
+@tensorflow_only
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_tf_batch_norm_under_mixed_precision_equals_the_keras_layer(dtype):
+    """`mixed_bfloat16` / `mixed_float16`: Keras casts the half-precision
+    input to float32, normalises and casts back; the kernel computes in
+    float32 and rounds once to `dtype`. Both round float32 values that
+    differ only in summation order (a few float32 ulps), so an output or
+    input gradient may land on the neighbouring half-precision value where
+    the float32 value lies next to a rounding boundary, and nowhere
+    further: at most one spacing of `dtype`, and equal almost everywhere.
+    The statistics, moving statistics and the gamma/beta gradients are
+    float32 in both, with the float32 tolerances of the float32 test.
+    """
+    import tensorflow as tf
+
+    x_np = bn_inputs(seed=5, shape=(8, 6, 6, 3))
+    layers = []
+    for _ in range(2):
+        layer = keras.layers.BatchNormalization(dtype=f"mixed_{dtype}")
+        layer.build(x_np.shape)
+        layers.append(layer)
+    rng = np.random.default_rng(2)
+    for a, b in zip(*(lay.weights for lay in layers)):
+        value = rng.uniform(0.5, 1.5, size=a.shape).astype("float32")
+        a.assign(value)
+        b.assign(value)
+    keras_layer, fast_layer = layers
+    x = tf.constant(x_np, dtype)
+    assert fast_paths.covers(fast_layer, x, training=True)
+    assert not fast_paths.covers(fast_layer, tf.cast(x, "float32"), training=True)
+    cotangent = tf.constant(rng.normal(size=x_np.shape), dtype)
+
+    def run(fn, layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = fn(x)
+        variables = [x] + [w.value for w in layer.trainable_weights]
+        grads = tape.gradient(outputs, variables, output_gradients=cotangent)
+        return outputs, grads
+
+    expected, expected_grads = run(lambda t: keras_layer(t, training=True), keras_layer)
+    got, got_grads = run(lambda t: fast_paths.batch_norm(fast_layer, t), fast_layer)
+    assert got.dtype == expected.dtype == tf.as_dtype(dtype)
+    assert got_grads[0].dtype == expected_grads[0].dtype == tf.as_dtype(dtype)
+    for g, e in [(got, expected), (got_grads[0], expected_grads[0])]:
+        steps = _half_ulp_steps(g.numpy(), e.numpy(), dtype)
+        assert steps.max() <= 1.0
+        assert np.mean(steps == 0) > 0.9
+    for g, e in zip(got_grads[1:], expected_grads[1:]):
+        # gamma/beta: float32 sums over the 288 positions per channel of
+        # O(|x| / std * cotangent), the cotangent exact in `dtype`.
+        np.testing.assert_allclose(
+            g.numpy(), e.numpy(), rtol=0, atol=float32_atol(288 * 4 * 58 / 0.25, k=8)
+        )
+    for kv, fv in zip(
+        keras_layer.non_trainable_weights, fast_layer.non_trainable_weights
+    ):
+        k, f = ops.convert_to_numpy(kv), ops.convert_to_numpy(fv)
+        assert k.dtype == f.dtype == np.float32
+        atol = float32_atol(1.5 + 0.01 * 58 * math.log2(288), k=16)
+        np.testing.assert_allclose(f, k, rtol=0, atol=atol, err_msg=kv.name)
+
+
+@tensorflow_only
+def test_tf_mixed_bfloat16_pcl_trains_through_the_fused_kernel(monkeypatch):
+    """Every batch norm of students and mean teachers takes the kernel."""
+    import keras_pcl
+    from tests.testing import colour_dataset
+    from tests.testing import tiny_backbone
+
+    seen = []
+    kernel = fast_paths._tf_batch_norm
+
+    def spy(layer, x):
+        seen.append((layer.path, keras.backend.standardize_dtype(x.dtype)))
+        return kernel(layer, x)
+
+    monkeypatch.setattr(fast_paths, "_tf_batch_norm", spy)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras_pcl.PeerCollaborativeModel(
+            tiny_backbone(), num_classes=3, num_peers=2, split_at="split"
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = colour_dataset(16)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    batch_norms = {
+        layer.path
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    assert len(batch_norms) == 1 + 2 + 1 + 2  # Trunk, 2 peers; teachers alike.
+    assert {path for path, _ in seen} == batch_norms
+    assert {dtype for _, dtype in seen} == {"bfloat16"}
+
+
 @tensorflow_only
 def test_tf_covers_only_batch_norm_it_computes_exactly():
     x = ops.convert_to_tensor(np.ones((2, 4, 4, 3), "float32"))
@@ -261,11 +374,16 @@ def test_tf_covers_only_batch_norm_it_computes_exactly():
         "tiny_epsilon": keras.layers.BatchNormalization(epsilon=1e-6),
         "renorm": keras.layers.BatchNormalization(renorm=True),
         "synchronized": keras.layers.BatchNormalization(synchronized=True),
-        "mixed_float16": keras.layers.BatchNormalization(dtype="mixed_float16"),
+        # Mixed precision is covered on its compute dtype's input only.
+        "mixed_float16_on_float32": keras.layers.BatchNormalization(
+            dtype="mixed_float16"
+        ),
     }
     for name, layer in refused.items():
         layer.build(x.shape)
         assert not fast_paths.covers(layer, x, training=True), name
+    # A float32 layer on a bfloat16 input (Keras would cast it to float32).
+    assert not fast_paths.covers(bn, ops.cast(x, "bfloat16"), training=True)
     flat = keras.layers.BatchNormalization()
     flat.build((2, 3))
     assert not fast_paths.covers(flat, ops.ones((2, 3)), training=True)

@@ -140,6 +140,55 @@ def test_float16_on_cpu_warns_and_still_sets_the_policy():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize(
+    "flags, backend_warns",
+    [
+        ("fpu sse avx2 fma", {"tensorflow": True, "jax": True, "torch": True}),
+        ("fpu avx512f avx512_bf16", {"tensorflow": False, "jax": False, "torch": True}),
+    ],
+    ids=["no_bf16_instructions", "avx512_bf16"],
+)
+def test_bfloat16_on_cpu_warns_where_it_was_measured_slower(
+    tmp_path, monkeypatch, flags, backend_warns
+):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    from keras_pcl.training import distribution
+
+    default = distribution.cpu_has_bfloat16
+    monkeypatch.setattr(distribution, "cpu_has_bfloat16", lambda: default(str(cpuinfo)))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            training.set_mixed_precision("bfloat16", training.Distribution("cpu", 1))
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    messages = [str(w.message) for w in caught if "bfloat16" in str(w.message)]
+    if backend_warns[keras.backend.backend()]:
+        assert len(messages) == 1, messages
+        assert "mixed_precision='bfloat16' on CPU" in messages[0]
+    else:
+        assert messages == []
+
+
+def test_cpu_has_bfloat16_reads_x86_and_arm_flags(tmp_path):
+    from keras_pcl.training.distribution import cpu_has_bfloat16
+
+    cases = {
+        "flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n": True,
+        "flags\t\t: fpu amx_tile amx_bf16\n": True,
+        "Features\t: fp asimd bf16 i8mm\n": True,
+        "flags\t\t: fpu avx2 avx512f avx512_vnni\n": False,
+        "model name\t: bf16 in a name is not a flag\n": False,
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        path = tmp_path / f"cpuinfo{i}"
+        path.write_text(text)
+        assert cpu_has_bfloat16(str(path)) is expected, text
+    assert cpu_has_bfloat16(str(tmp_path / "missing")) is False
+
+
 def test_lr_decay_epochs_are_floats_and_image_size_ints_in_the_absl_flags():
     from absl import flags
 
