@@ -50,6 +50,7 @@ from absl import flags
 from keras_pcl import allocator
 from keras_pcl.methods import METHODS
 from keras_pcl.training import JIT_COMPILE
+from keras_pcl.training import MIXED_PRECISION
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_DATA = os.path.join(
@@ -88,6 +89,14 @@ flags.DEFINE_float(
     "rampup_fraction", 80 / 300, "Ramp-up length as a fraction of training."
 )
 flags.DEFINE_enum("jit_compile", "auto", list(JIT_COMPILE), "XLA (`jit_compile`).")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    list(MIXED_PRECISION),
+    "Keras dtype policy of every method's networks: none (float32), "
+    "float16 (mixed_float16, loss-scaled) or bfloat16 (mixed_bfloat16), as "
+    "`keras-pcl train --mixed_precision`; use another --tag for each.",
+)
 flags.DEFINE_integer(
     "validation_freq",
     1,
@@ -249,6 +258,7 @@ def run_config(method, seed):
         rampup_epochs=FLAGS.rampup_fraction * FLAGS.epochs,
         seed=seed,
         jit_compile=FLAGS.jit_compile,
+        mixed_precision=FLAGS.mixed_precision,
     )
     config.validate()
     return config
@@ -270,7 +280,15 @@ def run_one(method, seed, data):
     config = run_config(method, seed)
     steps_per_epoch = len(x_train) // FLAGS.batch_size
     # Preprocessing: each method's default rescaling to [0, 1].
-    model = training.build_model(config, tuple(x_train.shape[1:]), 10, steps_per_epoch)
+    policy = keras.config.dtype_policy()
+    if config.mixed_precision != "none":
+        keras.config.set_dtype_policy(f"mixed_{config.mixed_precision}")
+    try:
+        model = training.build_model(
+            config, tuple(x_train.shape[1:]), 10, steps_per_epoch
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
     training.compile_model(model, config, steps_per_epoch)
     timer = _TrainTimer()
     start = time.perf_counter()
@@ -348,6 +366,7 @@ def protocol(num_train, num_validation):
         "num_peers": FLAGS.num_peers,
         "ema_decay": FLAGS.ema_decay,
         "rampup_fraction": FLAGS.rampup_fraction,
+        "mixed_precision": FLAGS.mixed_precision,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "device": _device(),
     }

@@ -34,14 +34,21 @@ Grappler leaves unfused; `batch_norm` runs TensorFlow's fused kernel
 statistics. It is the only TensorFlow fast path: the other layers run in a
 traced graph, where `Layer.__call__` costs nothing per step.
 
+Under a `mixed_float16`/`mixed_bfloat16` policy the same paths take the
+half-precision activations: the convolution casts its float32 variables to
+the compute dtype as `Layer.__call__`'s autocast scope does, and the batch
+norms compute in float32 and round once, as Keras' casts to float32 and
+back do (on a CPU with bfloat16 instructions, what lets `mixed_bfloat16`
+train faster than float32: `benchmarks/README.md`).
+
 Each function computes what the Keras layer computes, up to float32
 reduction order (PyTorch's batch-norm kernel accumulates the variance in
 another order than `E[x^2] - E[x]^2`); `tests/fast_paths_test.py` checks
 values, gradients and moving statistics against the layers, and a whole
 PCL training run against one with the fast paths off. A layer the fast
-path does not cover exactly (another class, mixed precision, a quantised
-or LoRA layer, an activity regulariser, channels-first data) runs through
-its own `__call__`, so nothing changes for it.
+path does not cover exactly (another class, a
+quantised or LoRA layer, an activity regulariser, channels-first data)
+runs through its own `__call__`, so nothing changes for it.
 
 They are used by `keras_pcl.fusion.ViewBatchedNetwork` (`fast=True`), which
 `MultiBranchModel` puts in place of every functional network it runs in
@@ -142,9 +149,14 @@ def _covers_elementwise(layer, x):
             and all(
                 hasattr(t, "shape") and tuple(t.shape) == tuple(x[0].shape) for t in x
             )
-            and all(_plain_float32(layer, t) for t in x)
+            and all(_plain(layer, t) for t in x)
         )
-    return _plain_relu(layer) and hasattr(x, "dtype") and _plain_float32(layer, x)
+    return _plain_relu(layer) and hasattr(x, "dtype") and _plain(layer, x)
+
+
+def _plain(layer, x):
+    """float32 throughout, or a mixed policy on its compute dtype's input."""
+    return _plain_float32(layer, x) or _plain_mixed_precision(layer, x)
 
 
 def covers(layer, x, training):
@@ -165,7 +177,7 @@ def covers(layer, x, training):
         return not compiling() and _covers_elementwise(layer, x)
     if kind not in (keras.layers.Conv2D, keras.layers.BatchNormalization):
         return False
-    if compiling() or len(x.shape) != 4 or not _plain_float32(layer, x):
+    if compiling() or len(x.shape) != 4 or not _plain(layer, x):
         return False
     if kind is keras.layers.Conv2D:
         return layer.data_format == "channels_last"
@@ -196,7 +208,7 @@ def _covers_tf_batch_norm(layer, x, training):
         and layer.epsilon >= _TF_MIN_EPSILON
         and not layer.renorm
         and not layer.synchronized
-        and (_plain_float32(layer, x) or _plain_mixed_precision(layer, x))
+        and _plain(layer, x)
     )
 
 
@@ -216,7 +228,7 @@ def elementwise(layer, x):
         layer: `keras.layers.ReLU()` with its defaults,
             `keras.layers.Activation("relu")` or `keras.layers.Add()`, for
             which `covers` holds.
-        x: a float32 torch tensor (ReLU) or a list of float32 tensors of
+        x: a torch tensor (ReLU) or a list of tensors of
             one shape (Add).
 
     Returns:
@@ -246,7 +258,8 @@ def conv2d(layer, x):
 
     Args:
         layer: a built `keras.layers.Conv2D` for which `covers` holds.
-        x: a `(N, H, W, C)` float32 torch tensor.
+        x: a `(N, H, W, C)` torch tensor, float32 or the layer's compute
+            dtype under a mixed policy.
 
     Returns:
         The layer's output, `(N, H', W', filters)`, contiguous.
@@ -262,16 +275,19 @@ def conv2d(layer, x):
     # The (N, C, H, W) view of a contiguous NHWC tensor has channels-last
     # strides; Keras' own channels-first convolution (same padding rules)
     # then runs PyTorch's channels-last kernel on it as is.
+    # Under a mixed policy `Layer.__call__` reads the float32 variables cast
+    # to the compute dtype (its autocast scope); so do these casts.
+    dtype = layer.compute_dtype
     outputs = ops.conv(
         x.permute(0, 3, 1, 2),
-        layer.kernel,
+        ops.cast(layer.kernel, dtype),
         strides=list(layer.strides),
         padding=layer.padding,
         dilation_rate=layer.dilation_rate,
         data_format="channels_first",
     ).permute(0, 2, 3, 1)
     if layer.use_bias:
-        outputs = outputs + layer.bias
+        outputs = outputs + ops.cast(layer.bias, dtype)
     if layer.activation is not None:
         outputs = layer.activation(outputs)
     return outputs
@@ -288,7 +304,8 @@ def batch_norm(layer, x):
         layer: a built, trainable `keras.layers.BatchNormalization` on the
             channel axis (last, or 1 for channels-first data), for which
             `covers` holds.
-        x: a `(N, H, W, C)` (or `(N, C, H, W)`) float32 torch tensor.
+        x: a `(N, H, W, C)` (or `(N, C, H, W)`) tensor, float32 or the
+            layer's compute dtype under a mixed policy.
 
     Returns:
         The normalised `x`, same shape, contiguous.
@@ -313,8 +330,11 @@ def batch_norm(layer, x):
     # With momentum 1, PyTorch's running statistics are the batch's mean and
     # its unbiased variance, from the same pass as the normalisation (a
     # separate `torch.var_mean` over N, H and W measured 4x the kernel).
-    batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    batch_variance = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    # float32 statistics also for a float16/bfloat16 `x` (a mixed policy):
+    # the kernel then computes in float32 and rounds its output once, as
+    # Keras' casts to float32 and back do.
+    batch_mean = torch.zeros(channels, dtype=torch.float32, device=x.device)
+    batch_variance = torch.zeros(channels, dtype=torch.float32, device=x.device)
     outputs = torch.nn.functional.batch_norm(
         x.permute(0, 3, 1, 2) if channels_last else x,
         batch_mean,

@@ -462,6 +462,99 @@ def test_elementwise_equals_the_keras_layer_bitwise(make, arity):
 
 
 @torch_only
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: keras.layers.Conv2D(6, 3, padding="same", dtype=d),
+        lambda d: keras.layers.Conv2D(
+            6, 3, strides=2, padding="same", bias_initializer="glorot_uniform", dtype=d
+        ),
+        lambda d: keras.layers.BatchNormalization(dtype=d),
+        lambda d: keras.layers.ReLU(dtype=d),
+        lambda d: keras.layers.Add(dtype=d),
+    ],
+    ids=["conv", "conv_stride2_bias", "batch_norm", "relu", "add"],
+)
+def test_torch_paths_under_mixed_precision_equal_the_keras_layers(make, dtype):
+    """`mixed_bfloat16` / `mixed_float16`: the half-precision activations
+    go in, float32 variables stay float32.
+
+    Keras and the fast path compute the same half-precision values from
+    the same half-precision inputs and variables (cast alike) in another
+    memory layout (the convolution) or with float32 statistics computed in
+    another order (batch norm), then round to `dtype`: at most one
+    spacing of `dtype` apart, and equal almost everywhere. Gradients with
+    respect to the half-precision inputs and to the convolution's kernel
+    and bias (cast from float32 in the forward pass, so rounded to `dtype`
+    in the backward pass) alike; batch norm's gamma/beta gradients are
+    float32 sums, compared with the float32 tolerance of the float32 test.
+    """
+    import torch
+
+    half = getattr(torch, dtype)
+    layer = make(f"mixed_{dtype}")
+    rng = np.random.default_rng(3)
+    arity = 2 if isinstance(layer, keras.layers.Add) else 1
+    shape = (4, 6, 6, 3)
+    layer.build([shape] * arity if arity > 1 else shape)
+    for weight in layer.trainable_weights:  # Non-trivial gamma and beta.
+        weight.assign(rng.uniform(0.5, 1.5, size=weight.shape).astype("float32"))
+    inputs = [
+        torch.tensor(bn_inputs(seed=6 + i, shape=shape), dtype=half, requires_grad=True)
+        for i in range(arity)
+    ]
+    x = inputs if arity > 1 else inputs[0]
+    assert fast_paths.covers(layer, x, training=True)
+    float32_inputs = [t.detach().float() for t in inputs]
+    assert not fast_paths.covers(
+        layer, float32_inputs if arity > 1 else float32_inputs[0], training=True
+    )
+    moving = [ops.convert_to_numpy(w).copy() for w in layer.non_trainable_weights]
+    expected = layer(x, training=True)
+    got = fast_paths.call(layer, x)
+    assert got.dtype == expected.dtype == half
+    cotangent = torch.tensor(rng.normal(size=tuple(expected.shape)), dtype=half)
+    variables = inputs + [w.value for w in layer.trainable_weights]
+    got_grads = torch.autograd.grad(got, variables, grad_outputs=cotangent)
+    expected_grads = torch.autograd.grad(expected, variables, grad_outputs=cotangent)
+
+    def numpy(t):
+        return t.detach().float().numpy()
+
+    batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+    # Everything but batch norm's gamma/beta gradients is in `dtype` (or,
+    # for the kernel and bias, `dtype` values cast back to float32).
+    in_half = len(variables) if not batch_norm else arity
+    half_precision = [(got, expected)] + list(zip(got_grads, expected_grads))[:in_half]
+    for g, e in half_precision:
+        steps = _half_ulp_steps(numpy(g), numpy(e), dtype)
+        assert steps.max() <= 1.0
+        assert np.mean(steps == 0) > 0.9
+    if batch_norm:
+        for g, e in zip(got_grads[arity:], expected_grads[arity:]):
+            # As the TensorFlow test: 144 positions per channel.
+            np.testing.assert_allclose(
+                numpy(g), numpy(e), rtol=0, atol=float32_atol(144 * 4 * 58 / 0.25, k=8)
+            )
+        # The moving statistics: Keras' formula on float32 statistics. The
+        # layer was called twice (Keras, then the fast path): compare the
+        # fast path's update with a float64 one of the same input.
+        x64 = inputs[0].detach().double().numpy()
+        mean, variance = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+        after_keras = [m * 0.99 + s * 0.01 for m, s in zip(moving, (mean, variance))]
+        for weight, start, statistic in zip(
+            layer.non_trainable_weights, after_keras, (mean, variance)
+        ):
+            np.testing.assert_allclose(
+                ops.convert_to_numpy(weight),
+                start * 0.99 + statistic * 0.01,
+                rtol=0,
+                atol=float32_atol(1.5 + 0.01 * 58 * math.log2(144), k=16),
+            )
+
+
+@torch_only
 def test_elementwise_covers_only_the_plain_layers():
     x = torch_tensor(np.ones((2, 4, 4, 3)))
     assert not fast_paths.covers(keras.layers.ReLU(max_value=6.0), x, True)

@@ -206,12 +206,11 @@ def set_mixed_precision(mode, distribution):
 
     Warns when the hardware gains nothing from it: float16 on CPU or TPU
     (TPUs compute in bfloat16; CPUs emulate float16 slowly), bfloat16 on a
-    CPU without bfloat16 instructions (`cpu_has_bfloat16()`) or with the
-    torch backend. With them, TensorFlow and JAX train faster in
-    `mixed_bfloat16` than in float32 (ResNet-32 PCL on a 2-core AVX512_BF16
-    CPU: 1.6x and 1.4x; torch 0.7x: `benchmarks/README.md`). Training stays
-    correct: logits, losses and mean teachers are float32, and float16 gets
-    Keras' loss scaling.
+    CPU without bfloat16 instructions (`cpu_has_bfloat16()`). With them,
+    every backend trains faster in `mixed_bfloat16` than in float32
+    (ResNet-32 PCL on a 2-core AVX512_BF16 CPU: 1.36-1.55x,
+    `benchmarks/README.md`). Training stays correct: logits, losses and
+    mean teachers are float32, and float16 gets Keras' loss scaling.
     """
     validation.check_choice("mixed_precision", mode, MIXED_PRECISION)
     if mode == "none":
@@ -225,18 +224,12 @@ def set_mixed_precision(mode, distribution):
             if device == "cpu"
             else "bfloat16 on TPUs or recent GPUs."
         )
-    elif mode == "bfloat16" and device == "cpu":
-        if not cpu_has_bfloat16():
-            advice = (
-                "bfloat16 on TPUs, recent GPUs, or CPUs with bfloat16 "
-                "instructions (AVX512_BF16, AMX-BF16, Arm BF16), which this "
-                "one lacks."
-            )
-        elif keras.backend.backend() == "torch":
-            advice = (
-                "the TensorFlow or JAX backend on this CPU (the torch "
-                "backend's bfloat16 convolutions are slower than float32 here)."
-            )
+    elif mode == "bfloat16" and device == "cpu" and not cpu_has_bfloat16():
+        advice = (
+            "bfloat16 on TPUs, recent GPUs, or CPUs with bfloat16 "
+            "instructions (AVX512_BF16, AMX-BF16, Arm BF16), which this one "
+            "lacks."
+        )
     if advice:
         warnings.warn(
             f"mixed_precision={mode!r} on {device.upper()}: training is "
