@@ -281,8 +281,7 @@ def run_one(method, seed, data):
     steps_per_epoch = len(x_train) // FLAGS.batch_size
     # Preprocessing: each method's default rescaling to [0, 1].
     policy = keras.config.dtype_policy()
-    if config.mixed_precision != "none":
-        keras.config.set_dtype_policy(f"mixed_{config.mixed_precision}")
+    keras.config.set_dtype_policy(training.dtype_policy_name(config.mixed_precision))
     try:
         model = training.build_model(
             config, tuple(x_train.shape[1:]), 10, steps_per_epoch

@@ -53,6 +53,8 @@ from absl import flags
 from keras_pcl.benchmark import random_images
 from keras_pcl.benchmark import time_models
 from keras_pcl.methods import METHODS
+from keras_pcl.training import MIXED_PRECISION
+from keras_pcl.training import dtype_policy_name
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -245,13 +247,6 @@ def build_model(name, keras, keras_pcl):
     return model
 
 
-MIXED_PRECISION_POLICIES = {
-    "none": "float32",
-    "float16": "mixed_float16",
-    "bfloat16": "mixed_bfloat16",
-}
-
-
 def _model_name(name, precision):
     return name if precision == "none" else f"{name}_{precision}"
 
@@ -264,7 +259,7 @@ def _policy_summary(results, precision):
         return r["images_per_sec"] if r else None
 
     summary = {
-        "dtype_policy": MIXED_PRECISION_POLICIES[precision],
+        "dtype_policy": dtype_policy_name(precision),
         "pcl_images_per_sec": images_per_sec("pcl"),
         "pcl_separate_images_per_sec": images_per_sec("pcl_separate"),
         "vanilla_images_per_sec": images_per_sec("vanilla"),
@@ -301,10 +296,10 @@ def main(argv):
             f"--models: unknown {unknown}; known: {list(METHODS)} or 'all'"
         )
     precisions = list(dict.fromkeys(FLAGS.mixed_precision))
-    bad = [p for p in precisions if p not in MIXED_PRECISION_POLICIES]
+    bad = [p for p in precisions if p not in MIXED_PRECISION]
     if bad or not precisions:
         raise app.UsageError(
-            f"--mixed_precision takes a list of {list(MIXED_PRECISION_POLICIES)}. "
+            f"--mixed_precision takes a list of {list(MIXED_PRECISION)}. "
             f"Received: --mixed_precision={','.join(FLAGS.mixed_precision)}"
         )
     threads = _configure_threads(backend, names)
@@ -324,7 +319,7 @@ def main(argv):
     default_policy = keras.config.dtype_policy()
     try:
         for precision in precisions:
-            keras.config.set_dtype_policy(MIXED_PRECISION_POLICIES[precision])
+            keras.config.set_dtype_policy(dtype_policy_name(precision))
             for name in names:
                 models[_model_name(name, precision)] = build_model(
                     name, keras, keras_pcl

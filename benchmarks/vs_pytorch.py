@@ -665,8 +665,8 @@ def print_table(out, args):
     rows = [("implementation", "PCL img/s", "best", "x plain PyTorch")]
     if args.with_vanilla:
         rows[0] += ("plain img/s", "PCL/plain")
+    references = set(out["fastest_reference_by_precision"].values())
     for label, entry in out["results"].items():
-        references = set(out.get("fastest_reference_by_precision", {}).values())
         row = (
             label + (" *" if label in references else ""),
             f"{entry['pcl']['images_per_sec']:.1f}",

@@ -57,6 +57,7 @@ from keras_pcl.training.data import preprocessing_statistics
 from keras_pcl.training.data import training_stream
 from keras_pcl.training.data import validation_batches
 from keras_pcl.training.distribution import Distribution
+from keras_pcl.training.distribution import dtype_policy_name
 from keras_pcl.training.distribution import global_state_restored
 from keras_pcl.training.distribution import make_distribution
 from keras_pcl.training.distribution import set_mixed_precision
@@ -80,6 +81,7 @@ __all__ = [
     "compile_model",
     "config_from_flags",
     "define_flags",
+    "dtype_policy_name",
     "finetune_config",
     "global_state_restored",
     "imagenet_config",

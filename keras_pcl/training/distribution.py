@@ -212,9 +212,9 @@ def set_mixed_precision(mode, distribution):
     `benchmarks/README.md`). Training stays correct: logits, losses and
     mean teachers are float32, and float16 gets Keras' loss scaling.
     """
-    validation.check_choice("mixed_precision", mode, MIXED_PRECISION)
+    policy = dtype_policy_name(mode)
     if mode == "none":
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
         return
     device = device_kind(distribution)
     advice = None
@@ -236,7 +236,19 @@ def set_mixed_precision(mode, distribution):
             f"correct but not faster (and may be slower); it pays off with {advice}",
             stacklevel=2,
         )
-    keras.mixed_precision.set_global_policy(f"mixed_{mode}")
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def dtype_policy_name(mode):
+    """The Keras dtype policy of a `mixed_precision` mode.
+
+    Example:
+
+    >>> dtype_policy_name("none"), dtype_policy_name("bfloat16")
+    ('float32', 'mixed_bfloat16')
+    """
+    validation.check_choice("mixed_precision", mode, MIXED_PRECISION)
+    return "float32" if mode == "none" else f"mixed_{mode}"
 
 
 def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
