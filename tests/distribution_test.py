@@ -21,7 +21,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_step.py")
 @pytest.mark.skipif(
     BACKEND == "torch",
     reason="Keras' torch backend has no multi-device data parallelism "
-    "(see README: Backend notes)",
+    "(see docs/performance.md)",
 )
 def test_two_replicas_take_the_same_steps_as_one_device(tmp_path):
     env = {}

@@ -4,7 +4,7 @@ The two-process tests start fresh processes (`tests/multi_process_step.py`,
 `tests/resumable_run.py`) that talk over 127.0.0.1 only, on a port picked
 by binding port 0; every process has a timeout and they stop by
 themselves. JAX only: Keras 3.15 has no multi-process path on TensorFlow
-or torch (README, Backend notes; `keras_pcl/training/cluster.py`), whose
+or torch (docs/performance.md; `keras_pcl/training/cluster.py`), whose
 refusals are tested in tests/training_test.py.
 """
 
@@ -37,7 +37,7 @@ BACKUP_FILES = [
 
 jax_only = pytest.mark.skipif(
     keras.backend.backend() != "jax",
-    reason="Several processes train on JAX only (see README: Backend notes)",
+    reason="Several processes train on JAX only (see docs/performance.md)",
 )
 
 
