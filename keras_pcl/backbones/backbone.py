@@ -14,28 +14,25 @@ class Backbone(keras.Model):
     """A functional model from images to features that owns its config.
 
     A subclass's `__init__` takes its own arguments, then `input_shape`,
-    `kernel_regularizer`, `data_format`, `name`, `dtype` and `**kwargs`; it
-    builds `inputs -> outputs` and calls `super().__init__` with them. Every
-    argument comes back from `get_config`, so `from_config(get_config())` and
-    a `.keras` save and load rebuild the same network with the same dtype
-    policy. The arguments of `arguments` are also attributes of the model
-    (`backbone.depth`); `input_shape` is `backbone.image_shape`.
+    `kernel_regularizer`, `data_format`, `name`, `dtype` and `**kwargs`. It
+    checks the shared ones with `keras_pcl.backbones.common.image_input`,
+    builds its graph from that input to the features, and passes both here.
+    Every argument comes back from `get_config`, so
+    `from_config(get_config())` and a `.keras` save and load rebuild the same
+    network with the same dtype policy. The arguments of `arguments` are also
+    attributes of the model (`backbone.depth`); `input_shape` is
+    `backbone.image_shape`.
 
     Args:
-        inputs: the `keras.Input` of images.
+        image_input: the `keras_pcl.backbones.common.ImageInput` the graph
+            was built from (its `images` input, checked `input_shape`,
+            `data_format`, kernel `regularizer` and `dtype` policy).
         outputs: the feature tensor, `(batch, features)`.
         arguments: dict of the subclass's own constructor arguments (e.g.
             `{"depth": 32}`), as accepted: they must be JSON-serialisable.
-        input_shape: the checked shape of one image.
-        kernel_regularizer: the regularizer (a `keras.regularizers.Regularizer`
-            or None) that the kernels use.
-        data_format: `"channels_last"` or `"channels_first"`.
         default_split_at: name of the layer where `PeerCollaborativeModel`
             splits by default.
         name: the model's name.
-        dtype: the dtype policy (name, config or `keras.DTypePolicy`) that
-            the layers were built with; None for the global policy
-            (`keras.config.dtype_policy()`).
         **kwargs: passed to `keras.Model` (`trainable`).
 
     Example:
@@ -53,48 +50,40 @@ class Backbone(keras.Model):
         def __init__(self, size=2, input_shape=(8, 8, 3), kernel_regularizer=None,
                      data_format=None, name="pooling", dtype=None, **kwargs):
             size = check_int("size", size, minimum=1)
-            data_format = check_data_format(data_format)
-            inputs = keras.Input(input_shape, name="images")
+            spec = image_input(input_shape, kernel_regularizer, data_format,
+                               dtype, min_size=size)
             x = keras.layers.AveragePooling2D(
-                size, data_format=data_format, name="pool", dtype=dtype
-            )(inputs)
-            outputs = keras.layers.GlobalAveragePooling2D(
-                data_format=data_format, name="avg_pool", dtype=dtype
-            )(x)
+                size, data_format=spec.data_format, name="pool", dtype=spec.dtype
+            )(spec.images)
             super().__init__(
-                inputs, outputs, arguments={"size": size},
-                input_shape=input_shape, kernel_regularizer=kernel_regularizer,
-                data_format=data_format, default_split_at="pool", name=name,
-                dtype=dtype, **kwargs,
+                spec, spec.global_pool(x), arguments={"size": size},
+                default_split_at="pool", name=name, **kwargs,
             )
     ```
     """
 
     def __init__(
         self,
-        inputs,
+        image_input,
         outputs,
         *,
         arguments,
-        input_shape,
-        kernel_regularizer,
-        data_format,
         default_split_at,
         name,
-        dtype=None,
         **kwargs,
     ):
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        super().__init__(
+            inputs=image_input.images, outputs=outputs, name=name, **kwargs
+        )
         # A functional model ignores `dtype`: its layers have theirs already.
         # Record the policy they were built with, as KerasHub does.
-        if dtype is not None:
-            self.dtype_policy = keras.dtype_policies.get(dtype)
+        self.dtype_policy = image_input.dtype
         for key, value in arguments.items():
             setattr(self, key, value)
         self._argument_names = tuple(arguments)
-        self.image_shape = tuple(input_shape)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.data_format = data_format
+        self.image_shape = tuple(image_input.input_shape)
+        self.kernel_regularizer = image_input.regularizer
+        self.data_format = image_input.data_format
         self.default_split_at = default_split_at
 
     def get_config(self):

@@ -24,11 +24,10 @@ from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import check_data_format
-from keras_pcl.backbones.common import check_input_shape
+from keras_pcl.backbones.common import check_depth
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.backbones.common import image_input
 from keras_pcl.backbones.common import residual_output
-from keras_pcl.validation import check
 from keras_pcl.validation import check_int
 
 STAGE_PLANES = (16, 32, 64)
@@ -80,26 +79,15 @@ class CIFARBottleneckResNet(Backbone):
         dtype=None,
         **kwargs,
     ):
-        check(
-            isinstance(depth, int)
-            and not isinstance(depth, bool)
-            and depth >= 11
-            and (depth - 2) % 9 == 0,
-            "depth",
-            depth,
-            "an int of the form 9n + 2 with n >= 1 (11, 20, 29, ..., 110, ...)",
-        )
+        check_depth(depth, 9, 2, "11, 20, 29, ..., 110, ...")
         check_int("width_factor", width_factor, minimum=1)
-        data_format = check_data_format(data_format)
-        input_shape = check_input_shape(input_shape, data_format, min_size=4)
-        regularizer = keras.regularizers.get(kernel_regularizer)
-        dtype = keras.dtype_policies.get(dtype)
+        spec = image_input(
+            input_shape, kernel_regularizer, data_format, dtype, min_size=4
+        )
+        data_format, regularizer, dtype = spec.data_format, spec.regularizer, spec.dtype
         blocks_per_stage = (depth - 2) // 9
 
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = conv2d(16, 3, 1, regularizer, data_format, "stem_conv", dtype=dtype)(inputs)
-        x = batch_norm(data_format, "stem_bn", dtype)(x)
-        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
+        x = spec.stem(spec.images, 16, 3, 1)
         for stage, planes in enumerate(STAGE_PLANES, start=1):
             for block in range(1, blocks_per_stage + 1):
                 stride = 2 if (stage > 1 and block == 1) else 1
@@ -113,23 +101,16 @@ class CIFARBottleneckResNet(Backbone):
                     dtype,
                     name=f"stage{stage}_block{block}",
                 )
-        outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool", dtype=dtype
-        )(x)
         if name is None:
             name = f"cifar_bottleneck_resnet{depth}"
             if width_factor != 1:
                 name += f"_x{width_factor}"
         super().__init__(
-            inputs,
-            outputs,
+            spec,
+            spec.global_pool(x),
             arguments={"depth": depth, "width_factor": width_factor},
-            input_shape=input_shape,
-            kernel_regularizer=regularizer,
-            data_format=data_format,
             default_split_at=f"stage2_block{blocks_per_stage}_out",
             name=name,
-            dtype=dtype,
             **kwargs,
         )
 

@@ -17,15 +17,11 @@ like PyTorch's (see `docs/backbones.md` for why the optimizer's decoupled
 """
 
 import keras
-from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import basic_block
-from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import check_data_format
-from keras_pcl.backbones.common import check_input_shape
-from keras_pcl.backbones.common import conv2d
-from keras_pcl.validation import check
+from keras_pcl.backbones.common import check_depth
+from keras_pcl.backbones.common import image_input
 
 STAGE_WIDTHS = (16, 32, 64)
 
@@ -73,24 +69,14 @@ class CIFARResNet(Backbone):
         dtype=None,
         **kwargs,
     ):
-        check(
-            isinstance(depth, int) and depth >= 8 and (depth - 2) % 6 == 0,
-            "depth",
-            depth,
-            "an int of the form 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, ...)",
+        check_depth(depth, 6, 2, "8, 14, 20, 32, 44, 56, ...")
+        spec = image_input(
+            input_shape, kernel_regularizer, data_format, dtype, min_size=4
         )
-        data_format = check_data_format(data_format)
-        input_shape = check_input_shape(input_shape, data_format, min_size=4)
-        regularizer = keras.regularizers.get(kernel_regularizer)
-        dtype = keras.dtype_policies.get(dtype)
+        data_format, regularizer, dtype = spec.data_format, spec.regularizer, spec.dtype
         blocks_per_stage = (depth - 2) // 6
 
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = conv2d(
-            STAGE_WIDTHS[0], 3, 1, regularizer, data_format, "stem_conv", dtype=dtype
-        )(inputs)
-        x = batch_norm(data_format, "stem_bn", dtype)(x)
-        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
+        x = spec.stem(spec.images, STAGE_WIDTHS[0], 3, 1)
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 stride = 2 if (stage > 1 and block == 1) else 1
@@ -103,19 +89,12 @@ class CIFARResNet(Backbone):
                     dtype,
                     name=f"stage{stage}_block{block}",
                 )
-        outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool", dtype=dtype
-        )(x)
         super().__init__(
-            inputs,
-            outputs,
+            spec,
+            spec.global_pool(x),
             arguments={"depth": depth},
-            input_shape=input_shape,
-            kernel_regularizer=regularizer,
-            data_format=data_format,
             default_split_at=f"stage2_block{blocks_per_stage}_out",
             name=name or f"cifar_resnet{depth}",
-            dtype=dtype,
             **kwargs,
         )
 

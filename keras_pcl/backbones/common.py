@@ -7,6 +7,8 @@ keeps Keras' batch-normalisation defaults (gamma 1, beta 0) and takes the same
 checked here. Every layer is built with the backbone's `dtype` policy.
 """
 
+from typing import NamedTuple
+
 import keras
 from keras import layers
 
@@ -76,6 +78,111 @@ def check_input_shape(input_shape, data_format, min_size):
             f"an image of height and width >= {min_size} for this network",
         )
     return shape
+
+
+class ImageInput(NamedTuple):
+    """The checked arguments that every built-in backbone shares, and its input.
+
+    Made by `image_input`; a backbone builds its graph from `images` with
+    these settings and hands the whole tuple to `Backbone.__init__`.
+
+    Attributes:
+        images: the `keras.Input` of images, named `"images"`.
+        input_shape: the checked shape of one image (a tuple).
+        data_format: `"channels_last"` or `"channels_first"`.
+        regularizer: the kernels' regularizer (or None).
+        dtype: the `keras.DTypePolicy` of every layer.
+    """
+
+    images: object
+    input_shape: tuple
+    data_format: str
+    regularizer: object
+    dtype: object
+
+    def global_pool(self, x):
+        """`GlobalAveragePooling2D` (layer `avg_pool`): the pooled features."""
+        return layers.GlobalAveragePooling2D(
+            data_format=self.data_format, name="avg_pool", dtype=self.dtype
+        )(x)
+
+    def stem(self, x, filters, kernel_size, strides, **conv_kwargs):
+        """Convolution, batch norm, ReLU: layers `stem_conv`, `stem_bn`, `stem_relu`."""
+        x = conv2d(
+            filters,
+            kernel_size,
+            strides,
+            self.regularizer,
+            self.data_format,
+            "stem_conv",
+            dtype=self.dtype,
+            **conv_kwargs,
+        )(x)
+        x = batch_norm(self.data_format, "stem_bn", self.dtype)(x)
+        return layers.ReLU(name="stem_relu", dtype=self.dtype)(x)
+
+
+def check_depth(depth, multiple, offset, examples):
+    """Checks a depth of the form `multiple * n + offset` with `n >= 1`.
+
+    Args:
+        depth: the value to check.
+        multiple: the depth added by one more block per stage.
+        offset: the layers outside the blocks.
+        examples: a few valid depths, for the error message.
+
+    Returns:
+        `depth`.
+
+    Raises:
+        ValueError: naming `depth`, the form and the examples.
+
+    Example:
+
+    >>> check_depth(32, 6, 2, "8, 14, 20, 32")
+    32
+    """
+    return check(
+        isinstance(depth, int)
+        and not isinstance(depth, bool)
+        and depth >= multiple + offset
+        and (depth - offset) % multiple == 0,
+        "depth",
+        depth,
+        f"an int of the form {multiple}n + {offset} with n >= 1 ({examples})",
+    )
+
+
+def image_input(input_shape, kernel_regularizer, data_format, dtype, min_size):
+    """Checks a backbone's shared arguments and makes its image input.
+
+    Args:
+        input_shape: shape of one image (see `check_input_shape`).
+        kernel_regularizer: a regularizer, its name or config, or None.
+        data_format: `"channels_last"`, `"channels_first"` or None (Keras'
+            `image_data_format()`).
+        dtype: a dtype policy (name, config or `keras.DTypePolicy`), or None
+            for the global policy.
+        min_size: smallest height and width the network accepts.
+
+    Returns:
+        An `ImageInput`.
+
+    Example:
+
+    >>> spec = image_input((32, 32, 3), None, "channels_last", "float32", 4)
+    >>> spec.images.shape, spec.dtype.name
+    ((None, 32, 32, 3), 'float32')
+    """
+    data_format = check_data_format(data_format)
+    input_shape = check_input_shape(input_shape, data_format, min_size=min_size)
+    return ImageInput(
+        images=keras.Input(shape=input_shape, name="images"),
+        input_shape=input_shape,
+        data_format=data_format,
+        regularizer=keras.regularizers.get(kernel_regularizer),
+        dtype=keras.dtype_policies.get(dtype),
+    )
 
 
 def _positive_int(value):

@@ -25,10 +25,9 @@ from keras import layers
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
 from keras_pcl.backbones.common import channel_axis
-from keras_pcl.backbones.common import check_data_format
-from keras_pcl.backbones.common import check_input_shape
+from keras_pcl.backbones.common import check_depth
 from keras_pcl.backbones.common import conv2d
-from keras_pcl.validation import check
+from keras_pcl.backbones.common import image_input
 from keras_pcl.validation import check_int
 
 BOTTLENECK_EXPANSION = 4
@@ -76,20 +75,12 @@ class CIFARDenseNet(Backbone):
         dtype=None,
         **kwargs,
     ):
-        check(
-            isinstance(depth, int)
-            and not isinstance(depth, bool)
-            and depth >= 10
-            and (depth - 4) % 6 == 0,
-            "depth",
-            depth,
-            "an int of the form 6n + 4 with n >= 1 (10, 16, ..., 40, ...)",
-        )
+        check_depth(depth, 6, 4, "10, 16, ..., 40, ...")
         check_int("growth_rate", growth_rate, minimum=1)
-        data_format = check_data_format(data_format)
-        input_shape = check_input_shape(input_shape, data_format, min_size=4)
-        regularizer = keras.regularizers.get(kernel_regularizer)
-        dtype = keras.dtype_policies.get(dtype)
+        spec = image_input(
+            input_shape, kernel_regularizer, data_format, dtype, min_size=4
+        )
+        data_format, regularizer, dtype = spec.data_format, spec.regularizer, spec.dtype
         layers_per_block = (depth - 4) // 6
         axis = channel_axis(data_format)
 
@@ -98,8 +89,7 @@ class CIFARDenseNet(Backbone):
                 filters, kernel_size, 1, regularizer, data_format, name, dtype=dtype
             )
 
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = conv(2 * growth_rate, 3, "stem_conv")(inputs)
+        x = conv(2 * growth_rate, 3, "stem_conv")(spec.images)
         for block in (1, 2, 3):
             for i in range(1, layers_per_block + 1):
                 x = dense_layer(
@@ -121,19 +111,12 @@ class CIFARDenseNet(Backbone):
                 )(x)
         x = batch_norm(data_format, "final_bn", dtype)(x)
         x = layers.ReLU(name="final_relu", dtype=dtype)(x)
-        outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool", dtype=dtype
-        )(x)
         super().__init__(
-            inputs,
-            outputs,
+            spec,
+            spec.global_pool(x),
             arguments={"depth": depth, "growth_rate": growth_rate},
-            input_shape=input_shape,
-            kernel_regularizer=regularizer,
-            data_format=data_format,
             default_split_at="transition2_pool",
             name=name or f"densenet{depth}_{growth_rate}",
-            dtype=dtype,
             **kwargs,
         )
 

@@ -23,10 +23,7 @@ from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import basic_block
-from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import check_data_format
-from keras_pcl.backbones.common import check_input_shape
-from keras_pcl.backbones.common import conv2d
+from keras_pcl.backbones.common import image_input
 from keras_pcl.validation import check_choice
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -73,30 +70,17 @@ class ImageNetResNet(Backbone):
         **kwargs,
     ):
         check_choice("depth", depth, sorted(BLOCKS))
-        data_format = check_data_format(data_format)
-        input_shape = check_input_shape(input_shape, data_format, min_size=32)
-        regularizer = keras.regularizers.get(kernel_regularizer)
-        dtype = keras.dtype_policies.get(dtype)
+        spec = image_input(
+            input_shape, kernel_regularizer, data_format, dtype, min_size=32
+        )
+        data_format, regularizer, dtype = spec.data_format, spec.regularizer, spec.dtype
 
         def pad(padding, name):
             return layers.ZeroPadding2D(
                 padding, data_format=data_format, name=name, dtype=dtype
             )
 
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = pad(3, "stem_pad")(inputs)
-        x = conv2d(
-            64,
-            7,
-            2,
-            regularizer,
-            data_format,
-            "stem_conv",
-            padding="valid",
-            dtype=dtype,
-        )(x)
-        x = batch_norm(data_format, "stem_bn", dtype)(x)
-        x = layers.ReLU(name="stem_relu", dtype=dtype)(x)
+        x = spec.stem(pad(3, "stem_pad")(spec.images), 64, 7, 2, padding="valid")
         # Zero padding before max pooling equals PyTorch's -inf padding here:
         # the inputs are ReLU outputs, >= 0.
         x = pad(1, "stem_pool_pad")(x)
@@ -118,19 +102,12 @@ class ImageNetResNet(Backbone):
                     name=f"stage{stage}_block{block}",
                     pad_symmetric=True,
                 )
-        outputs = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool", dtype=dtype
-        )(x)
         super().__init__(
-            inputs,
-            outputs,
+            spec,
+            spec.global_pool(x),
             arguments={"depth": depth},
-            input_shape=input_shape,
-            kernel_regularizer=regularizer,
-            data_format=data_format,
             default_split_at=f"stage3_block{BLOCKS[depth][2]}_out",
             name=name or f"resnet{depth}",
-            dtype=dtype,
             **kwargs,
         )
 

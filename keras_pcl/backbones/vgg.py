@@ -24,9 +24,8 @@ from keras import layers
 
 from keras_pcl.backbones.backbone import Backbone
 from keras_pcl.backbones.common import batch_norm
-from keras_pcl.backbones.common import check_data_format
-from keras_pcl.backbones.common import check_input_shape
 from keras_pcl.backbones.common import conv2d
+from keras_pcl.backbones.common import image_input
 
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 MLP_WIDTH = 512
@@ -70,13 +69,11 @@ class VGG16BN(Backbone):
         dtype=None,
         **kwargs,
     ):
-        data_format = check_data_format(data_format)
-        input_shape = check_input_shape(input_shape, data_format, min_size=32)
-        regularizer = keras.regularizers.get(kernel_regularizer)
-        dtype = keras.dtype_policies.get(dtype)
-
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = inputs
+        spec = image_input(
+            input_shape, kernel_regularizer, data_format, dtype, min_size=32
+        )
+        data_format, regularizer, dtype = spec.data_format, spec.regularizer, spec.dtype
+        x = spec.images
         for block, widths in enumerate(VGG16_BLOCKS, start=1):
             for i, width in enumerate(widths, start=1):
                 x = conv2d(
@@ -94,9 +91,7 @@ class VGG16BN(Backbone):
             x = layers.MaxPooling2D(
                 2, data_format=data_format, name=f"block{block}_pool", dtype=dtype
             )(x)
-        x = layers.GlobalAveragePooling2D(
-            data_format=data_format, name="avg_pool", dtype=dtype
-        )(x)
+        x = spec.global_pool(x)
         for i in (1, 2):
             x = layers.Dense(
                 MLP_WIDTH,
@@ -107,15 +102,11 @@ class VGG16BN(Backbone):
             )(x)
             x = layers.ReLU(name=f"mlp_relu{i}", dtype=dtype)(x)
         super().__init__(
-            inputs,
+            spec,
             x,
             arguments={},
-            input_shape=input_shape,
-            kernel_regularizer=regularizer,
-            data_format=data_format,
             default_split_at="block4_pool",
             name=name or "vgg16_bn",
-            dtype=dtype,
             **kwargs,
         )
 
