@@ -97,7 +97,8 @@ def run_notebook(tmp, devices):
     path = os.path.join(tmp, f"notebook_{devices}.py")
     with open(path, "w") as f:
         f.write(script + EPILOGUE.format(output=output))
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("KERAS_BACKEND", None)  # Colab sets none: the cells choose JAX.
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     env.pop("XLA_FLAGS", None)
     if devices > 1:
