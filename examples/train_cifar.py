@@ -2,8 +2,8 @@
 
     python examples/train_cifar.py --dataset=cifar10 --workdir=runs/c10  # tfds
     python examples/train_cifar.py --dataset=path/to/image_folder --workdir=runs/f
-    python examples/train_cifar.py --strategy=tpu --steps_per_execution=64 \
-        --mixed_precision=bfloat16 --download                        # Colab TPU
+    KERAS_BACKEND=jax python examples/train_cifar.py --download \
+        --steps_per_execution=27 --mixed_precision=bfloat16  # a TPU VM
     python examples/train_cifar.py --method=dml --workdir=runs/dml   # a baseline
     KERAS_BACKEND=jax python examples/train_cifar.py --workdir=/shared/c10 \
         --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0

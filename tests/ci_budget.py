@@ -28,6 +28,11 @@ CI runs the suite once per backend on 2 CPU cores within a time budget.
   snippets of the docs pages) check backend-independent code: torch only,
   except the README's snippets, which write and load a SavedModel, on
   TensorFlow.
+* `examples/colab_tpu.ipynb` trains on JAX (its cells choose it): the JAX
+  run executes its cells, on 1 and 8 simulated devices at once
+  (`tests/examples/colab_tpu_test.py`, skipped on the other backends
+  whatever `KERAS_PCL_SLOW_TESTS` says). `benchmarks/gpu_run.py --dry_run`
+  only starts child processes, on torch (`torch_only_in_ci`).
 
 `KERAS_PCL_SLOW_TESTS=1` runs every test on every backend.
 """
