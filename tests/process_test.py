@@ -33,6 +33,10 @@ def test_importing_and_fitting_leave_the_process_as_they_found_it(tmp_path):
     Nothing the library does may redirect descriptor 2, size TensorFlow's
     (or torch's) thread pools or set an environment variable: those belong
     to the script that owns the process (`keras_pcl.process`).
+
+    A fresh process (TensorFlow's import, one traced step: 15-30 s here)
+    on every backend, since what `fit` runs, and so what it could change,
+    differs per backend (tests/ci_budget.py).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # The old `import keras_pcl` set it.
