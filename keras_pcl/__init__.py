@@ -37,6 +37,6 @@ def __getattr__(name):
         raise AttributeError(
             f"`keras_pcl.{name}` moved to `keras_pcl.process` (settings for "
             "the script that owns the process: `import keras_pcl.process`, "
-            "then `keras_pcl.process.configure(method, num_peers)`)."
+            "then `keras_pcl.process.configure(num_branches)`)."
         )
     raise AttributeError(f"module 'keras_pcl' has no attribute {name!r}")
