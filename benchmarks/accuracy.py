@@ -47,7 +47,7 @@ import time
 from absl import app
 from absl import flags
 
-from keras_pcl import allocator
+from keras_pcl import process
 from keras_pcl.methods import METHODS
 from keras_pcl.training import JIT_COMPILE
 from keras_pcl.training import MIXED_PRECISION
@@ -560,8 +560,8 @@ def main(argv):
         raise app.UsageError(f"--methods: unknown {unknown}; known: {list(METHODS)}")
     seeds = [int(s) for s in FLAGS.seeds]
     # On torch, glibc keeps freed activations (the same numbers, faster; see
-    # keras_pcl/allocator.py), as `keras-pcl train` does.
-    allocator.configure_malloc()
+    # keras_pcl/process.py), as `keras-pcl train` does.
+    process.configure_malloc()
     if FLAGS.validation_freq < 1 or FLAGS.epochs % FLAGS.validation_freq:
         raise app.UsageError(
             f"--validation_freq must be >= 1 and divide --epochs={FLAGS.epochs} "

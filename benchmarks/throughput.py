@@ -128,8 +128,8 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
     "library_settings",
     True,
-    "First call keras_pcl.threads.configure_tensorflow_threads (unless "
-    "--inter_op_threads is set) and keras_pcl.allocator.configure_malloc, "
+    "First call keras_pcl.process.configure_tensorflow_threads (unless "
+    "--inter_op_threads is set) and keras_pcl.process.configure_malloc, "
     "as `keras-pcl train`, `keras-pcl benchmark` and the examples do; "
     "--nolibrary_settings times the backends' defaults.",
 )
@@ -140,14 +140,13 @@ flags.DEFINE_string("label", None, "Free-form label stored in the JSON.")
 
 def _configure_threads(backend, names):
     if FLAGS.library_settings:
-        from keras_pcl import allocator
-        from keras_pcl import threads
+        from keras_pcl import process
 
         if not FLAGS.inter_op_threads:
-            threads.configure_tensorflow_threads(
-                max(threads.parallel_branches(n, FLAGS.num_peers) for n in names)
+            process.configure_tensorflow_threads(
+                max(process.parallel_branches(n, FLAGS.num_peers) for n in names)
             )
-        allocator.configure_malloc()
+        process.configure_malloc()
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -34,14 +34,14 @@ keras-pcl's backbone (the same gradient, as keras-pcl documents; 0 turns
 both off; `benchmarks/throughput.py` trains without it).
 
 `--with_configured_threads` adds a TensorFlow worker that first calls
-`keras_pcl.threads.configure_tensorflow_threads(num_peers)` (what
+`keras_pcl.process.configure_tensorflow_threads(num_peers)` (what
 `keras-pcl train` and the examples do: on a CPU with fewer cores than
 peers, one inter-op thread per peer), and `--tf_op_threads=INTRAxINTER,...`
 one worker per thread-pool pair given (`TF_NUM_INTRAOP_THREADS`,
 `TF_NUM_INTEROP_THREADS`).
 
 `--with_configured_malloc` adds a torch worker that first calls
-`keras_pcl.allocator.configure_malloc()` (what `keras-pcl train` and the
+`keras_pcl.process.configure_malloc()` (what `keras-pcl train` and the
 examples do: glibc keeps freed activations instead of returning them to the
 kernel, so a PCL step stops page-faulting them back).
 
@@ -98,10 +98,10 @@ TUNED_ALLOCATOR_ENV = {
     "glibc.malloc.trim_threshold=68719476736"
 }
 TUNED_SUFFIX = "_tuned_malloc"
-# Set in a worker's environment: keras_pcl.threads.configure_tensorflow_threads
+# Set in a worker's environment: keras_pcl.process.configure_tensorflow_threads
 # runs before the worker builds anything.
 CONFIGURE_THREADS_ENV = "VS_PYTORCH_CONFIGURE_THREADS"
-# Set in a worker's environment: keras_pcl.allocator.configure_malloc runs
+# Set in a worker's environment: keras_pcl.process.configure_malloc runs
 # before the worker builds anything.
 CONFIGURE_MALLOC_ENV = "VS_PYTORCH_CONFIGURE_MALLOC"
 # Set in a worker's environment: mixed precision (bfloat16) for that worker.
@@ -165,14 +165,14 @@ def parse_args(argv=None):
         "--with_configured_threads",
         action="store_true",
         help="Also time keras-pcl on TensorFlow after "
-        "keras_pcl.threads.configure_tensorflow_threads(num_peers), as "
+        "keras_pcl.process.configure_tensorflow_threads(num_peers), as "
         "`keras-pcl train` and the examples do (one more worker).",
     )
     parser.add_argument(
         "--with_configured_malloc",
         action="store_true",
         help="Also time keras-pcl on torch after "
-        "keras_pcl.allocator.configure_malloc(), as `keras-pcl train` and the "
+        "keras_pcl.process.configure_malloc(), as `keras-pcl train` and the "
         "examples do (one more worker).",
     )
     parser.add_argument(
@@ -273,7 +273,8 @@ def _keras_timers(args, option):
     import keras
 
     import keras_pcl
-    from keras_pcl import fast_paths
+    import keras_pcl.process
+    from keras_pcl import speedups
     from keras_pcl.benchmark import random_images
     from keras_pcl.benchmark import time_fit
     from keras_pcl.methods import build_method
@@ -282,12 +283,12 @@ def _keras_timers(args, option):
     assert keras.backend.backend() == backend, keras.backend.backend()
     configured_threads = None
     if os.environ.get(CONFIGURE_THREADS_ENV):  # Before TensorFlow's first op.
-        configured_threads = keras_pcl.threads.configure_tensorflow_threads(
+        configured_threads = keras_pcl.process.configure_tensorflow_threads(
             args.num_peers
         )
     configured_malloc = None
     if os.environ.get(CONFIGURE_MALLOC_ENV):
-        configured_malloc = keras_pcl.allocator.configure_malloc()
+        configured_malloc = keras_pcl.process.configure_malloc()
     data_format = data_format or "channels_last"
     keras.config.set_image_data_format(data_format)
     threads = {}
@@ -359,7 +360,7 @@ def _keras_timers(args, option):
         "precision": _precision(),
         "dtype_policy": keras.config.dtype_policy().name,
         "data_format": data_format,
-        "fast_paths": fast_paths.enabled(),
+        "fast_paths": speedups.resolve().fast_paths,
         "jit_compile": args.jit_compile,
         "resolved_jit_compile": resolved,
         "keras_version": keras.__version__,

@@ -51,6 +51,7 @@ from absl import flags
 from absl import logging
 
 import keras_pcl
+from keras_pcl import process
 from keras_pcl import training
 
 FLAGS = flags.FLAGS
@@ -196,11 +197,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TensorFlow's export chatter
     config = pcl_config()
-    # Before TensorFlow's first op: on a CPU with fewer cores than peers, one
-    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py);
-    # on torch, glibc keeps freed activations (see keras_pcl/allocator.py).
-    keras_pcl.threads.configure_tensorflow_threads(config.num_peers)
-    keras_pcl.allocator.configure_malloc()
+    # This script owns its process. Before TensorFlow's first op: on a CPU
+    # with fewer cores than peers, one inter-op thread per peer; on torch,
+    # glibc keeps freed activations (the same numbers; keras_pcl/process.py).
+    print(process.configure(config.num_peers))
     start = time.perf_counter()
     result = training.train(config)
     pcl_seconds = time.perf_counter() - start

@@ -24,8 +24,7 @@ a PCL ablation) with the same recipe; the final model is then
 
 from absl import app
 
-from keras_pcl import allocator
-from keras_pcl import threads
+from keras_pcl import process
 from keras_pcl import training
 
 training.define_flags(defaults=training.cifar_config())
@@ -35,13 +34,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = training.config_from_flags()
-    # Before TensorFlow's first op: on a CPU with fewer cores than peers, one
-    # inter-op thread per peer (the same numbers; see keras_pcl/threads.py);
-    # on torch, glibc keeps freed activations (see keras_pcl/allocator.py).
-    threads.configure_tensorflow_threads(
-        threads.parallel_branches(config.method, config.num_peers)
-    )
-    allocator.configure_malloc()
+    # This script owns its process. Before TensorFlow's first op: on a CPU
+    # with fewer cores than peers, one inter-op thread per peer; on torch,
+    # glibc keeps freed activations (the same numbers; keras_pcl/process.py).
+    branches = process.parallel_branches(config.method, config.num_peers)
+    print(process.configure(branches))
     result = training.train(config)
     best = result["best_peer"]
     print(f"Best peer: {best}" if best else "No validation accuracy recorded.")

@@ -1,32 +1,20 @@
 """keras-pcl: Peer Collaborative Learning for Keras 3."""
 
 import importlib
-import os
-import sys
 
-if os.path.basename(sys.argv[0]) == "keras-pcl":
-    # The `keras-pcl` command: TensorFlow is imported first, without its
-    # native start-up lines (Keras imports it on every backend). A library
-    # import leaves TensorFlow's output alone.
-    from keras_pcl.cli import quiet_tensorflow_import
-
-    quiet_tensorflow_import()
-
-from keras_pcl import allocator
 from keras_pcl import augmentation
 from keras_pcl import backbones
 from keras_pcl import baselines
 from keras_pcl import callbacks
 from keras_pcl import export
 from keras_pcl import losses
-from keras_pcl import threads
+from keras_pcl import speedups
 from keras_pcl.model import PeerCollaborativeModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PeerCollaborativeModel",
-    "allocator",
     "augmentation",
     "backbones",
     "baselines",
@@ -34,7 +22,7 @@ __all__ = [
     "data",
     "export",
     "losses",
-    "threads",
+    "speedups",
 ]
 
 
@@ -44,4 +32,11 @@ def __getattr__(name):
     # environment without TensorFlow.
     if name == "data":
         return importlib.import_module("keras_pcl.data")
+    if name in ("allocator", "threads"):
+        # Process-wide settings are not the library's: scripts call them.
+        raise AttributeError(
+            f"`keras_pcl.{name}` moved to `keras_pcl.process` (settings for "
+            "the script that owns the process: `import keras_pcl.process`, "
+            "then `keras_pcl.process.configure(num_branches)`)."
+        )
     raise AttributeError(f"module 'keras_pcl' has no attribute {name!r}")

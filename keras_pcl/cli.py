@@ -17,69 +17,28 @@ Exit codes: 0 success, 1 an error (printed as one line, `keras-pcl
 `KERAS_BACKEND` (TensorFlow if unset); `tf_saved_model` and `tflite` need
 TensorFlow (or JAX for SavedModel).
 
+The command owns its process: its entry point (`keras_pcl_command.main`,
+outside the package so that it runs before Keras is imported) hides
 TensorFlow's native start-up lines (oneDNN, CUDA stubs, "All log messages
 before absl::InitializeLog()"), which Keras triggers on every backend by
-importing TensorFlow, are hidden (`quiet_tensorflow_import`), and
-`TF_CPP_MIN_LOG_LEVEL` defaults to 3 (TensorFlow's native INFO, WARNING
-and ERROR lines off, such as "failed call to cuInit" on a machine without
-a GPU; Python warnings and keras-pcl's errors still show). A user who sets
-`TF_CPP_MIN_LOG_LEVEL` (e.g. to 0) sees what TensorFlow prints at that
-level.
+importing TensorFlow, and `TF_CPP_MIN_LOG_LEVEL` defaults to 3
+(TensorFlow's native INFO, WARNING and ERROR lines off, such as "failed
+call to cuInit" on a machine without a GPU; Python warnings and
+keras-pcl's errors still show). A user who sets `TF_CPP_MIN_LOG_LEVEL`
+(e.g. to 0) sees what TensorFlow prints at that level.
 """
 
 import argparse
 import dataclasses
+import logging
 import os
-import re
 import sys
-import tempfile
 
 from keras_pcl import validation
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-# Native log lines (absl/glog format: `I0000 00:00:...` INFO, `W...`
-# WARNING) and the banners TensorFlow prints while it is imported.
-_STARTUP_NOISE = re.compile(
-    r"^([IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
-    r"|WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|To enable the following instructions: .* rebuild TensorFlow)"
-)
-
-
-def quiet_tensorflow_import():
-    """Imports TensorFlow (if installed) without its native start-up lines.
-
-    The first import of TensorFlow writes INFO and WARNING lines straight to
-    file descriptor 2 (TensorFlow 2.21 ignores `TF_CPP_MIN_LOG_LEVEL` for
-    them). This imports it with descriptor 2 sent to a file and writes back
-    every other line (errors, Python warnings). `TF_CPP_MIN_LOG_LEVEL`
-    defaults to 3 for the later native lines; a user's value wins, and 0
-    keeps the start-up lines too. Does nothing if TensorFlow is imported
-    already: `keras_pcl/__init__.py` calls it first in the `keras-pcl`
-    command, before Keras imports TensorFlow.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        except ImportError:  # JAX or PyTorch without TensorFlow.
-            pass
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode("utf-8", "replace").splitlines(True)
-            sys.stderr.write("".join(l for l in lines if not _STARTUP_NOISE.match(l)))
 
 
 def build_parser():
@@ -253,7 +212,7 @@ def run_benchmark(args):
 
     from keras_pcl import benchmark
     from keras_pcl import methods
-    from keras_pcl import threads
+    from keras_pcl import process
     from keras_pcl import training
 
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -276,7 +235,7 @@ def run_benchmark(args):
     except ValueError as error:
         raise CommandError(_first_line(error)) from None
     configure_process(
-        max((threads.parallel_branches(n, args.num_peers) for n in names), default=1)
+        max((process.parallel_branches(n, args.num_peers) for n in names), default=1)
     )
     size = args.image_size or (224 if args.backbone == "resnet18" else 32)
     shape = (size, size, 3)
@@ -334,8 +293,6 @@ def run_export(args):
             ) from None
     import keras
 
-    import keras_pcl
-
     try:
         model = keras.saving.load_model(args.checkpoint)
     except Exception as error:  # Keras raises several types for bad files.
@@ -367,7 +324,7 @@ def run_export(args):
         if not model.has_mean_teachers
         else ("student" if args.student else "mean teacher")
     )
-    index = keras_pcl.export.resolve_peer(model, peer)
+    index = model.resolve_peer(peer)
     print(
         f"Exported peer {index} ({kind}, {exported.count_params():,} "
         f"parameters) as {args.format} to {args.output}"
@@ -422,44 +379,45 @@ def _tuple_argument(field, text):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def configure_process(num_peers):
+def configure_process(num_branches):
     """Process-wide settings for training, where they can still act.
 
-    `keras_pcl.threads.configure_tensorflow_threads(num_peers)` (TensorFlow
-    on a CPU with fewer cores than peers) and
-    `keras_pcl.allocator.configure_malloc()` (the torch backend on glibc).
-    The `keras-pcl` command starts TensorFlow itself, so the thread call
-    comes before its first op. Called in a process where TensorFlow already
-    runs (`main` inside a test or a notebook), the pools are fixed and stay
-    as they are. If glibc refuses a malloc setting, a one-line warning says
-    so and training goes on without it. Neither setting changes a computed
-    number, only speed.
+    `keras_pcl.process.configure(num_branches)`: TensorFlow's inter-op pool
+    (on a CPU with fewer cores than branches) and glibc's malloc (the
+    torch backend). The `keras-pcl` command starts TensorFlow itself, so
+    the thread call comes before its first op; in a process where
+    TensorFlow already runs (`main` inside a test or a notebook), the pools
+    stay as they are. Prints what was set, in one line. If glibc refuses a
+    malloc setting, a one-line warning says so and training goes on
+    without it. Neither setting changes a computed number, only speed.
     """
-    from keras_pcl import allocator
-    from keras_pcl import threads
+    from keras_pcl import process
 
     try:
-        threads.configure_tensorflow_threads(num_peers)
-    except RuntimeError:
-        pass
-    try:
-        allocator.configure_malloc()
+        print(f"keras-pcl: {process.configure(num_branches)}")
     except ValueError as error:  # KERAS_PCL_CONFIGURE_MALLOC is neither 1 nor 0.
         raise CommandError(_first_line(error)) from None
     except RuntimeError as error:
         print(f"keras-pcl: warning: {error}", file=sys.stderr)
 
 
+class _PrintSpeedups(logging.Handler):
+    """Prints the `keras_pcl` logger's lines (what each model speeds up)."""
+
+    def emit(self, record):
+        print(f"keras-pcl: {record.getMessage()}")
+
+
 def run_train(args):
     """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
-    from keras_pcl import threads
+    from keras_pcl import process
     from keras_pcl import training
 
     values = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
     }
     if isinstance(args.num_peers, int) and args.num_peers >= 1:
-        configure_process(threads.parallel_branches(args.method, args.num_peers))
+        configure_process(process.parallel_branches(args.method, args.num_peers))
     try:
         result = training.train(training.TrainConfig(**values))
     except (ValueError, FileNotFoundError, ImportError) as error:
@@ -558,15 +516,25 @@ class CommandError(Exception):
 
 
 def main(argv=None):
-    """Entry point of the `keras-pcl` console script."""
-    quiet_tensorflow_import()
+    """Runs one `keras-pcl` command (the console script: `keras_pcl_command`).
+
+    While it runs, the speed-ups each model uses (`model.speedups`, logged
+    by `keras_pcl` at level INFO) are printed, one line per model.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    logger = logging.getLogger("keras_pcl")
+    handler, level = _PrintSpeedups(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         args.run(args)
     except CommandError as error:
         print(f"keras-pcl {args.command}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ import collections
 
 import keras
 
+from keras_pcl.export import export_peer as _export_peer
 from keras_pcl.validation import raise_invalid
 
 
@@ -168,9 +169,7 @@ class PeerDeployment:
         model.export_peer("pcl_resnet32.onnx", peer=0, format="onnx")
         ```
         """
-        from keras_pcl.export import export_peer
-
-        return export_peer(
+        return _export_peer(
             self,
             filepath,
             peer=peer,

@@ -31,8 +31,6 @@ import os
 import keras
 import numpy as np
 
-from keras_pcl.deployment import resolve_peer
-
 FORMATS = ("keras", "tf_saved_model", "onnx", "tflite")
 
 # Backends on which Keras (3.15) writes each format with the `export` extra.
@@ -201,7 +199,7 @@ def export_peer(
             f"`filepath` already exists; pass `overwrite=True` to replace it "
             f"or choose another path. Received: filepath={filepath!r}"
         )
-    index = resolve_peer(model, peer)
+    index = model.resolve_peer(peer)  # `keras_pcl.deployment.resolve_peer`
     network = model.get_peer(index, mean_teacher=mean_teacher)
     if format == "keras":
         network.save(filepath, overwrite=True)

@@ -52,37 +52,18 @@ runs through its own `__call__`, so nothing changes for it.
 
 They are used by `keras_pcl.fusion.ViewBatchedNetwork` (`fast=True`), which
 `MultiBranchModel` puts in place of every functional network it runs in
-training on the torch and TensorFlow backends. Written by hand because
-Keras has no hook to swap a backend kernel for a layer; they use only
-public PyTorch and TensorFlow functions (`tf.raw_ops.FusedBatchNormV3`).
-Set the environment variable `KERAS_PCL_FAST_PATHS=0` (read when a model is
-built) to train with Keras' own ops instead, e.g. to compare.
+training where `keras_pcl.speedups` turns them on: under the default
+`fast_paths="auto"`, on the backends and device kinds where a committed
+figure shows them faster (today: torch and TensorFlow on a CPU; never
+measured on a GPU, so off there). Written by hand because Keras has no hook
+to swap a backend kernel for a layer; they use only public PyTorch and
+TensorFlow functions (`tf.raw_ops.FusedBatchNormV3`).
 """
-
-import os
 
 import keras
 from keras import ops
 
 from keras_pcl import _compat
-
-
-def enabled():
-    """Whether models built now use the fast paths (torch and TensorFlow).
-
-    True on the torch and TensorFlow backends unless the environment
-    variable `KERAS_PCL_FAST_PATHS` is `"0"`; always False on JAX, whose
-    compiler (XLA) fuses these ops itself.
-    """
-    if keras.backend.backend() not in ("torch", "tensorflow"):
-        return False
-    value = os.environ.get("KERAS_PCL_FAST_PATHS", "1").strip().lower()
-    if value not in ("0", "1", "false", "true"):
-        raise ValueError(
-            "The environment variable KERAS_PCL_FAST_PATHS must be '1' (use "
-            f"the fast paths) or '0'. Received: {value!r}"
-        )
-    return value in ("1", "true")
 
 
 def compiling():

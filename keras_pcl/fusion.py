@@ -503,31 +503,3 @@ def _batch_norm(layer, x, num_views, training):
     layer.moving_mean.assign(moving_mean)
     layer.moving_variance.assign(moving_variance)
     return ops.cast(outputs, layer.compute_dtype)
-
-
-def on_accelerator():
-    """Whether the current backend trains on a GPU or TPU (not the CPU).
-
-    `fuse_views="auto"` fuses there only: on CPU the fused step measured
-    slower (2-core VM, CIFAR ResNet-32, m = 3, batch 128: torch 53.0 vs
-    60.1 images/s, JAX 29.8 vs 36.0, TensorFlow 49.8 vs 49.8;
-    `benchmarks/results/throughput_fusion_*.json`), while on an accelerator
-    the `m` small trunk passes are launch-bound, which one batch avoids.
-    """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.devices()[0].platform != "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(
-            tf.config.list_logical_devices("GPU")
-            or tf.config.list_logical_devices("TPU")
-        )
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return False

@@ -13,7 +13,7 @@ import keras
 from keras import ops
 
 from keras_pcl import _compat
-from keras_pcl import fast_paths
+from keras_pcl import speedups
 
 
 def ema_decay_at(step, ema_decay):
@@ -49,7 +49,8 @@ def update_mean_teacher(
         ema_decay: float in `[0, 1)`.
         fast: bool; on the torch backend with float32 variables, update all
             of them with three multi-tensor ops
-            (`keras_pcl.fast_paths.ema_update`, bitwise the same result).
+            (`keras_pcl.fast_paths.ema_update` through `keras_pcl.speedups`,
+            bitwise the same result).
     """
     # The model calls this inside its own `__call__`, where a mixed-precision
     # policy autocasts float32 variables to float16 on read: the average
@@ -63,7 +64,7 @@ def update_mean_teacher(
             and keras.backend.backend() == "torch"
             and _all_float32(student_variables, teacher_variables)
         ):
-            fast_paths.ema_update(student_variables, teacher_variables, alpha)
+            speedups.ema_update(student_variables, teacher_variables, alpha)
             return
         for student, teacher in zip(student_variables, teacher_variables):
             value = ops.stop_gradient(ops.cast(student, teacher.dtype))
@@ -72,7 +73,7 @@ def update_mean_teacher(
 
 
 def _all_float32(*variable_lists):
-    return not (_compat.in_stateless_scope() or fast_paths.compiling()) and all(
+    return not (_compat.in_stateless_scope() or speedups.compiling()) and all(
         v.dtype == "float32" for variables in variable_lists for v in variables
     )
 

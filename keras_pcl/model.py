@@ -102,8 +102,10 @@ class PeerCollaborativeModel(MultiBranchModel):
         **kwargs: `peer_initialization` (`"fresh"` as in the paper, or
             `"backbone"` to start every peer and mean teacher from the
             backbone's weights when fine-tuning), `peer_perturbation` (see
-            `keras_pcl.multi_branch.MultiBranchModel`), or `keras.Model`
-            arguments (e.g. `name`).
+            `keras_pcl.multi_branch.MultiBranchModel`), the speed-up
+            switches `fuse_views` and `fast_paths` (`"auto"`, True or False;
+            see `keras_pcl.speedups`), or `keras.Model` arguments (e.g.
+            `name`).
 
     Example:
 

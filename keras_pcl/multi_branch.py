@@ -30,8 +30,7 @@ import keras
 from keras import ops
 
 from keras_pcl import _compat
-from keras_pcl import fast_paths
-from keras_pcl import fusion
+from keras_pcl import speedups
 from keras_pcl.deployment import BestPeer  # noqa: F401 (public name, kept here)
 from keras_pcl.deployment import PeerDeployment
 from keras_pcl.deployment import clone_layer  # noqa: F401 (public name)
@@ -111,11 +110,22 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             batch, with batch-norm statistics per view: the same numbers as
             one pass per view, in fewer, larger operations
             (`keras_pcl.fusion`). `"auto"` (default): on a GPU or TPU, where
-            exact; on CPU, where it measured slower, not. A network with a
-            layer that mixes the examples of a batch keeps one pass per
-            view, with a warning that names the layer. True: fuse on any
+            exact and expected to pay (unmeasured there so far); on CPU,
+            where it measured slower, not (`keras_pcl.speedups`). A network
+            with a layer that mixes the examples of a batch keeps one pass
+            per view, with a warning that names the layer. True: fuse on any
             device, or raise; False: never. Deployed networks and saved
             files are plain Keras either way.
+        fast_paths: whether training runs through the backend fast paths
+            (`keras_pcl.fast_paths`: replacement kernels for `Conv2D`,
+            `BatchNormalization`, `ReLU`, `Add` and the mean-teacher
+            update on torch, the fused batch norm on TensorFlow; the same
+            numbers up to float32 reduction order). `"auto"` (default): only
+            for the backend and device kind where a committed figure shows
+            them faster (`keras_pcl.speedups.EVIDENCE`: torch and TensorFlow
+            on a CPU; plain Keras layers on a GPU until a GPU figure says
+            otherwise). True: wherever they apply; False: never.
+            `model.speedups` says what is used and why.
         peer_perturbation: float >= 0; with `peer_initialization="backbone"`,
             Gaussian noise of this standard deviation, relative to each
             kernel's own standard deviation, is added to every peer's kernels
@@ -157,6 +167,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         peer_perturbation=0.0,
         fuse_views="auto",
         views_per_peer=None,
+        fast_paths="auto",
         **kwargs,
     ):
         check_int("num_classes", num_classes, minimum=2)
@@ -187,12 +198,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "differ already). Received: peer_perturbation="
                 f"{peer_perturbation!r}, peer_initialization={peer_initialization!r}"
             )
-        check(
-            fuse_views in ("auto", True, False),
-            "fuse_views",
-            fuse_views,
-            "'auto', True or False",
-        )
+        for name, value in (("fuse_views", fuse_views), ("fast_paths", fast_paths)):
+            check(value in speedups.CHOICES, name, value, "'auto', True or False")
         check_backbone(backbone)
         trunk, head, split_at = self._split(backbone, split_at)
         image_shape = tuple(backbone.inputs[0].shape[1:])
@@ -253,11 +260,14 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         self._create_trackers()
         object.__setattr__(self, "_inference_memo", None)
         self.fuse_views = fuse_views
+        self.fast_paths = fast_paths
+        # What `fuse_views` and `fast_paths` resolve to here, and why.
+        object.__setattr__(self, "speedups", speedups.resolve(fast_paths, fuse_views))
+        speedups.log(self.speedups)
         # Training-time substitutes (`keras_pcl.fusion`), untracked: they
         # share the networks' variables and are never saved or exported.
         object.__setattr__(self, "_fused", {})
-        # torch and TensorFlow: the fast paths (`keras_pcl.fast_paths`), read once.
-        object.__setattr__(self, "_fast_paths", fast_paths.enabled())
+        object.__setattr__(self, "_fast_paths", self.speedups.fast_paths)
         object.__setattr__(self, "_fast_runners", {})
         self._fuse(self.trunk)
         self.built = True
@@ -286,13 +296,11 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         random numbers) keeps one pass per view, with a warning saying why;
         `fuse_views=True` makes that an error, `False` never fuses.
         """
-        if network is None or self.fuse_views is False:
-            return
-        if self.fuse_views == "auto" and not fusion.on_accelerator():
-            return  # Measured slower on CPU (see `fusion.on_accelerator`).
-        fusable, reason = fusion.fusable(network)
+        if network is None or not self.speedups.fuse_views:
+            return  # False, or "auto" where it does not pay (`keras_pcl.speedups`).
+        fusable, reason = speedups.fusable(network)
         if fusable:
-            self._fused[id(network)] = fusion.ViewBatchedNetwork(
+            self._fused[id(network)] = speedups.view_batched_network(
                 network, self.num_peers, fast=self._fast_paths
             )
             return
@@ -446,7 +454,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         """`layer(x, training=training)`; in inference, each pair runs once.
 
         In training on torch and TensorFlow, a functional network runs
-        through the fast paths (`keras_pcl.fast_paths`) where they apply.
+        through the fast paths (`keras_pcl.fast_paths`) where they apply
+        and `model.speedups` turns them on.
         """
         if training:
             runner = self._fast_runner(layer)
@@ -470,7 +479,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         key = id(layer)
         if key not in self._fast_runners:
             try:  # One view: any functional model of layers.
-                runner = fusion.ViewBatchedNetwork(layer, 1, fast=True)
+                runner = speedups.view_batched_network(layer, 1, fast=True)
             except ValueError:  # A subclassed model, raw ops in the graph.
                 runner = None
             self._fast_runners[key] = runner
@@ -705,6 +714,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "peer_initialization": self.peer_initialization,
                 "peer_perturbation": self.peer_perturbation,
                 "fuse_views": self.fuse_views,
+                "fast_paths": self.fast_paths,
             }
         )
         for key in self.fixed_arguments:

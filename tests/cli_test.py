@@ -114,10 +114,14 @@ def test_the_version_is_declared_once():
 
 
 def test_console_script_is_declared():
-    from importlib.metadata import entry_points
+    import tomllib
 
-    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts.get("keras-pcl") == "keras_pcl.cli:main"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        pyproject = tomllib.load(f)
+    # Outside the package, so that it runs before `keras_pcl` imports Keras.
+    assert pyproject["project"]["scripts"] == {"keras-pcl": "keras_pcl_command:main"}
+    assert pyproject["tool"]["setuptools"]["py-modules"] == ["keras_pcl_command"]
 
 
 def record_process_configuration(monkeypatch):
@@ -126,24 +130,22 @@ def record_process_configuration(monkeypatch):
     Each `configure_tensorflow_threads` call's `num_peers`, and "malloc" for
     each `configure_malloc` call.
     """
-    from keras_pcl import allocator
-    from keras_pcl import threads
+    from keras_pcl import process
 
     calls = []
-    monkeypatch.setattr(threads, "configure_tensorflow_threads", calls.append)
-    monkeypatch.setattr(allocator, "configure_malloc", lambda: calls.append("malloc"))
+    monkeypatch.setattr(process, "configure_tensorflow_threads", calls.append)
+    monkeypatch.setattr(process, "configure_malloc", lambda: calls.append("malloc"))
     return calls
 
 
 def test_a_refused_malloc_setting_is_a_one_line_warning(capsys, monkeypatch):
-    from keras_pcl import allocator
-    from keras_pcl import threads
+    from keras_pcl import process
 
     def refuse():
         raise RuntimeError("configure_malloc: glibc's mallopt refused it.")
 
-    monkeypatch.setattr(threads, "configure_tensorflow_threads", lambda n: None)
-    monkeypatch.setattr(allocator, "configure_malloc", refuse)
+    monkeypatch.setattr(process, "configure_tensorflow_threads", lambda n: None)
+    monkeypatch.setattr(process, "configure_malloc", refuse)
     cli.configure_process(2)  # Goes on: malloc settings change only speed.
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [
@@ -318,7 +320,13 @@ def test_lr_decay_epochs_are_floats_and_image_size_ints(capsys):
 
 def test_commands_print_nothing_on_stderr(tmp_path):
     """No TensorFlow or absl start-up lines: a user sees keras-pcl's output."""
-    script = os.path.join(os.path.dirname(sys.executable), "keras-pcl")
+    # What the installed `keras-pcl` script runs (the console-script entry
+    # point of pyproject.toml; see `test_console_script_is_declared`).
+    script = [
+        sys.executable,
+        "-c",
+        "import sys, keras_pcl_command; sys.exit(keras_pcl_command.main())",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     # The default backend, and the loud one: on JAX and torch, their own
     # libraries set up native logging before TensorFlow is imported.
@@ -326,7 +334,7 @@ def test_commands_print_nothing_on_stderr(tmp_path):
 
     def run(*args):
         return subprocess.run(
-            [script, *args], capture_output=True, text=True, env=env, timeout=300
+            [*script, *args], capture_output=True, text=True, env=env, timeout=300
         )
 
     result = run("--help")

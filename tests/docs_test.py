@@ -26,7 +26,7 @@ def python_blocks(path):
 
 def test_the_page_has_a_recipe_for_each_question():
     blocks = python_blocks(os.path.join(ROOT, "docs", "howto.md"))
-    assert len(blocks) == 9  # set-up + 8 recipes
+    assert len(blocks) == 10  # set-up + 9 recipes
 
 
 # Backend-independent: checked once, on torch (tests/ci_budget.py).

@@ -146,7 +146,7 @@ def test_peer_best_and_deploy_resolve_to_the_recorded_peers(trained, tmp_path):
     model, _ = trained
     assert model.best_peer is not None
     assert model.deploy_peer == model.best_peer.peer
-    from keras_pcl.export import resolve_peer
+    from keras_pcl.deployment import resolve_peer
 
     assert resolve_peer(model, "best") == model.best_peer.peer
     assert resolve_peer(model, "deploy") == model.deploy_peer

@@ -27,21 +27,11 @@ tensorflow_only = pytest.mark.skipif(
 HAS_FAST_PATHS = BACKEND in ("torch", "tensorflow")
 
 
-def test_enabled_on_torch_and_tensorflow_and_read_from_the_environment(monkeypatch):
-    monkeypatch.delenv("KERAS_PCL_FAST_PATHS", raising=False)
-    assert fast_paths.enabled() is HAS_FAST_PATHS
-    monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "0")
-    assert fast_paths.enabled() is False
-    if HAS_FAST_PATHS:
-        monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "yes")
-        with pytest.raises(ValueError, match="KERAS_PCL_FAST_PATHS must be"):
-            fast_paths.enabled()
-
-
 def test_a_model_built_with_fast_paths_off_uses_keras_ops(monkeypatch):
     import keras_pcl
     from tests.testing import tiny_backbone
 
+    # The policy's own choices: tests/speedups_test.py.
     monkeypatch.setenv("KERAS_PCL_FAST_PATHS", "0")
     model = keras_pcl.PeerCollaborativeModel(tiny_backbone(), 2, split_at="split")
     assert model._fast_paths is False

@@ -762,10 +762,10 @@ def test_a_keras_applications_trunk_fuses_exactly():
 
 def test_a_backbone_that_mixes_the_batch_falls_back_with_a_message(monkeypatch):
     import keras_pcl
-    from keras_pcl import fusion
+    from keras_pcl import speedups
 
     # `fuse_views="auto"` tries to fuse on accelerators only: pretend one.
-    monkeypatch.setattr(fusion, "on_accelerator", lambda: True)
+    monkeypatch.setattr(speedups, "device_kind", lambda: "gpu")
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
@@ -786,10 +786,10 @@ def test_a_backbone_that_mixes_the_batch_falls_back_with_a_message(monkeypatch):
 
 
 def test_auto_fuses_on_accelerators_only():
-    from keras_pcl import fusion
+    from keras_pcl import speedups
 
     _, _, model, _ = pcl_run(small_resnet, "auto", steps=1)
-    assert bool(model._fused) == fusion.on_accelerator()
+    assert bool(model._fused) == (speedups.device_kind() in ("gpu", "tpu"))
 
 
 def test_a_fused_model_saves_and_deploys_plain_keras_layers(tmp_path):

@@ -2,7 +2,7 @@
 
 Usage: KERAS_BACKEND=torch python tests/malloc_step.py OUT.npz [configure]
 
-With `configure`, `keras_pcl.allocator.configure_malloc` runs first. Then a
+With `configure`, `keras_pcl.process.configure_malloc` runs first. Then a
 ResNet-8 PCL model (batch norm, in-step augmentation, 32x32 images, batch
 64: activations of 1-4 MiB, above glibc's default mmap threshold) takes ten
 SGD steps on fixed data while the minor page faults of the process are
@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_pcl  # noqa: E402
+import keras_pcl.process  # noqa: E402
 from tests.testing import colour_dataset  # noqa: E402
 from tests.testing import training_arrays  # noqa: E402
 
@@ -41,7 +42,7 @@ class PageFaults(keras.callbacks.Callback):
 
 
 def main(out, configure):
-    configured = keras_pcl.allocator.configure_malloc() if configure else None
+    configured = keras_pcl.process.configure_malloc() if configure else None
     keras.utils.set_random_seed(0)
     x, y = colour_dataset(BATCH_SIZE * STEPS, image_size=32)
     backbone = keras_pcl.backbones.CIFARResNet(depth=8, input_shape=(32, 32, 3))

@@ -2,7 +2,7 @@
 
 Usage: KERAS_BACKEND=tensorflow python tests/threaded_step.py OUT.npz [configure]
 
-With `configure`, `keras_pcl.threads.configure_tensorflow_threads` runs
+With `configure`, `keras_pcl.process.configure_tensorflow_threads` runs
 first (before TensorFlow runs an op), asked for one more thread than the
 process has cores so that it changes the pool on any machine; otherwise
 the inter-op pool keeps whatever `TF_NUM_INTEROP_THREADS` says. Then a
@@ -16,9 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_pcl  # noqa: E402
+import keras_pcl.process  # noqa: E402
 
 if "configure" in sys.argv[2:]:
-    configured = keras_pcl.threads.configure_tensorflow_threads(
+    configured = keras_pcl.process.configure_tensorflow_threads(
         num_peers=len(os.sched_getaffinity(0)) + 1
     )
 else:

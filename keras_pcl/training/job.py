@@ -416,7 +416,7 @@ def export_deployed_peer(model, config, path, write=True):
         Without a best-peer record (no validation data), the model's
         `deploy_peer` is exported and a line says so (unless `verbose=0`).
     """
-    from keras_pcl.export import resolve_peer
+    from keras_pcl.deployment import resolve_peer
 
     if config.export_format == "none":
         return None, "export_format='none': nothing exported"
