@@ -318,10 +318,8 @@ def test_fit_warns_when_the_schedule_outlasts_the_run_it_starts():
     records = caught(model.fit, x, y, batch_size=8, epochs=1, verbose=0)
     assert not [r for r in records if "rampup_steps" in str(r.message)]
     # A schedule that fits the run: no warning.
-    fitting = compiled_model(rampup_steps=1, ema_decay=0.0)
-    records = caught(fitting.fit, x, y, batch_size=8, epochs=2, verbose=0)
-    messages = [str(r.message) for r in records]
-    assert not [m for m in messages if "rampup_steps" in m or "ema_decay" in m]
+    fitting = compiled_model(rampup_steps=4, ema_decay=0.0)
+    assert fitting._schedule_warnings(4) == []
 
 
 def test_logged_terms_average_the_examples_as_the_loss_does():

@@ -169,7 +169,7 @@ def test_a_short_run_distils_at_full_weight_and_says_its_data_and_schedule(
         dataset=data,
         backbone="resnet8",
         num_peers=2,
-        epochs=6,
+        epochs=4,
         batch_size=4,
         steps_per_epoch=1,
         validation_split=0.25,
@@ -181,14 +181,14 @@ def test_a_short_run_distils_at_full_weight_and_says_its_data_and_schedule(
     result = training.train(config)
     weights = result["history"]["consistency_weight"]
     # One step per epoch: epoch e logs w(t) at step e. The ramp-up is 80 /
-    # 300 of the 6 steps, rounded: 2; the weight is full from step 2 on.
-    expected = [np.exp(-5.0), np.exp(-5.0 * 0.25)] + [1.0] * 4
+    # 300 of the 4 steps, rounded: 1; the weight is full from step 1 on.
+    expected = [np.exp(-5.0), 1.0, 1.0, 1.0]
     np.testing.assert_allclose(weights, expected, rtol=1e-6)  # float32 exp
     out = capsys.readouterr().out
     assert "Data: 3 classes (class_0 4, class_1 4, class_2 4 training" in out
     assert "12 training and 6 validation images" in out
-    assert "Schedule: 6 epochs of 1 steps; consistency ramp-up over 1.6 epochs" in out
-    assert "learning rate / 10 at epochs 3, 4.5; mean-teacher decay 0" in out
+    assert "Schedule: 4 epochs of 1 step; consistency ramp-up over 1.06667" in out
+    assert "learning rate / 10 at epochs 2, 3; mean-teacher decay 0." in out
 
 
 # ---------------------------------------------------------------------------

@@ -678,7 +678,12 @@ def run_schedule(config, steps_per_epoch):
         rampup_epochs=rampup_epochs,
         lr_decay_epochs=tuple(lr_decay_epochs),
         rampup_steps=int(round(rampup_epochs * steps_per_epoch)),
-        lr_boundaries=tuple(int(e * steps_per_epoch) for e in lr_decay_epochs),
+        # Rounded down, as always; first rounded to 6 decimals, so that a
+        # fraction's rounding error (1/3 of 90 epochs of 300 steps is
+        # 9999.99999...) does not move a drop a step early.
+        lr_boundaries=tuple(
+            int(round(e * steps_per_epoch, 6)) for e in lr_decay_epochs
+        ),
         ema_decay=ema_decay,
         total_steps=total_steps,
         warnings=warnings,

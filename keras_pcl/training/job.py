@@ -327,7 +327,8 @@ def data_summary(config, run):
         )
     schedule = run_schedule(config, run.steps_per_epoch)
     options = methods.method_options(config.method)
-    parts = [f"{config.epochs} epochs of {run.steps_per_epoch} steps"]
+    steps = run.steps_per_epoch
+    parts = [f"{config.epochs} epochs of {steps} step{'s' * (steps != 1)}"]
     if "rampup_steps" in options:
         parts.append(
             f"consistency ramp-up over {schedule.rampup_epochs:g} epochs "
