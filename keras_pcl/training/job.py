@@ -43,6 +43,12 @@ def train(config, callbacks=()):
     DML, ...) and `export/` (the best peer in `config.export_format`; the
     model's `deploy_peer` if no best peer was recorded, which `train` says).
 
+    Before any step: the split is checked (`check_split`, before the data
+    is read), then the data (`check_training_data`: labels in range, the
+    pixel scale), and (with `config.verbose`) `data_summary` prints the
+    classes, the images per class, skipped files and the run's schedule
+    (`run_schedule`: fractions of the run unless given).
+
     The dtype policy, the Keras distribution and TensorFlow's op
     determinism that `train` sets are restored when it returns or raises.
 
@@ -282,7 +288,7 @@ def check_training_data(splits, imagenet=False):
                 f"The {name} split has labels outside [0, {num_classes}) (its "
                 f"{num_classes} classes): relabel the data so that label i "
                 "is `class_names[i]`. Received: label "
-                f"{labels[bad][0]!r} ({int(bad.sum())} of {labels.size})"
+                f"{labels[bad][0].item()!r} ({int(bad.sum())} of {labels.size})"
             )
         counts[name] = np.bincount(labels.astype("int64"), minlength=num_classes)
     first = next(iter(splits.train.take(64).batch(64)), None)
