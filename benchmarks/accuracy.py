@@ -251,11 +251,13 @@ def run_config(method, seed):
         epochs=FLAGS.epochs,
         batch_size=FLAGS.batch_size,
         lr=FLAGS.learning_rate,
-        lr_decay_epochs=(0.5 * FLAGS.epochs, 0.75 * FLAGS.epochs),
+        # The schedule as fractions of --epochs, as `keras-pcl train` has it
+        # (`training.config.run_schedule`): drops at 50% and 75% (the default
+        # `lr_decay_fractions`), the ramp-up over --rampup_fraction.
         weight_decay=FLAGS.weight_decay,
         temperature=None,  # Each method's own (KDCL: 4).
         ema_decay=FLAGS.ema_decay,
-        rampup_epochs=FLAGS.rampup_fraction * FLAGS.epochs,
+        rampup_fraction=FLAGS.rampup_fraction,
         seed=seed,
         jit_compile=FLAGS.jit_compile,
         mixed_precision=FLAGS.mixed_precision,

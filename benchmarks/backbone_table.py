@@ -64,6 +64,8 @@ def main(argv):
         keras.applications.ResNet101,
         keras.applications.ResNet152,
         keras.applications.MobileNetV2,
+        keras.applications.MobileNetV3Small,
+        keras.applications.MobileNetV3Large,
         keras.applications.EfficientNetB0,
         keras.applications.EfficientNetB7,
         keras.applications.DenseNet121,

@@ -4,7 +4,7 @@
     keras-pcl train --method=dml --dataset=digits --workdir=runs/dml  # a baseline
     keras-pcl evaluate runs/d/pcl.keras --dataset=digits
     keras-pcl evaluate runs/f/export --dataset=path/to/test_folder --split=all
-    keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format tf_saved_model]
+    keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format FORMAT]
     keras-pcl benchmark --methods=pcl,vanilla --backbone=resnet32 --batch_size=32
 
 Each subcommand wraps a library call (`train` ->
@@ -43,15 +43,19 @@ EXIT_USAGE = 2
 
 def build_parser():
     """The argument parser of all subcommands."""
+    # allow_abbrev=False everywhere: `--epoch` must not pass for `--epochs`
+    # (nor `--lr_decay` for `--lr_decay_epochs` next to `--lr_decay_fractions`).
     parser = argparse.ArgumentParser(
         prog="keras-pcl",
         description="Peer Collaborative Learning for Keras 3.",
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     train = commands.add_parser(
         "train",
+        allow_abbrev=False,
         help="train PCL or a baseline (--method) and export the best peer",
         description=(
             "Train PCL (or --method) with `keras_pcl.training.train`: the "
@@ -65,12 +69,14 @@ def build_parser():
 
     evaluate = commands.add_parser(
         "evaluate",
+        allow_abbrev=False,
         help="top-1/top-5 accuracy of a network or checkpoint on a dataset split",
         description=(
             "Score a trained network on a dataset split: a .keras file (an "
             "exported network, or a PCL or baseline checkpoint: every peer, "
             "the ensemble and every mean teacher, then the peer that "
-            "`train` exports), a SavedModel directory or a .onnx file. "
+            "`train` exports), a SavedModel directory, a .onnx or a .tflite "
+            "file. "
             "Reports top-1 accuracy, and top-5 with more than 5 classes. "
             "--split=validation (default) is the split held out in "
             "training: pass the --validation_split and --seed of training. "
@@ -80,7 +86,7 @@ def build_parser():
     )
     evaluate.add_argument(
         "network",
-        help="a .keras file, a SavedModel directory or a .onnx file",
+        help="a .keras file, a SavedModel directory, a .onnx or .tflite file",
     )
     from keras_pcl.training.evaluation import SPLITS
 
@@ -113,6 +119,7 @@ def build_parser():
 
     export = commands.add_parser(
         "export",
+        allow_abbrev=False,
         help="export one peer of a trained PCL checkpoint for serving",
         description=(
             "Export one peer of a PCL model saved with `model.save(...)` (a "
@@ -127,8 +134,8 @@ def build_parser():
     export.add_argument(
         "output",
         help=(
-            "where to write: a directory for tf_saved_model, a file ending "
-            "in .keras, .onnx or .tflite for the other formats"
+            "where to write: a file ending in .keras, .onnx or .tflite "
+            "(that format), or a directory (tf_saved_model)"
         ),
     )
     export.add_argument(
@@ -143,9 +150,13 @@ def build_parser():
 
     export.add_argument(
         "--format",
-        default="tf_saved_model",
+        default=None,
         choices=FORMATS,
-        help="artifact format. Default: tf_saved_model",
+        help=(
+            "artifact format; it must agree with OUTPUT's extension. "
+            "Default: from the extension (.keras, .onnx, .tflite; else "
+            "tf_saved_model, a directory)"
+        ),
     )
     export.add_argument(
         "--student",
@@ -159,6 +170,7 @@ def build_parser():
 
     benchmark = commands.add_parser(
         "benchmark",
+        allow_abbrev=False,
         help="training throughput of PCL and the baselines (images/s)",
         description=(
             "Time `fit` steps of each method on random uint8 images of the "
@@ -279,6 +291,12 @@ def run_benchmark(args):
 
 def run_export(args):
     """`keras-pcl export`: loads the checkpoint and calls `export_peer`."""
+    from keras_pcl.export import format_for_path
+
+    try:  # Before the checkpoint loads: a wrong extension fails fast.
+        args.format = format_for_path(args.output, args.format)
+    except ValueError as error:
+        raise CommandError(_first_line(error)) from None
     if not os.path.isfile(args.checkpoint):
         raise CommandError(
             f"checkpoint {args.checkpoint!r} does not exist or is not a file"

@@ -139,7 +139,7 @@ class PeerDeployment:
         filepath,
         peer="best",
         mean_teacher=None,
-        format="tf_saved_model",
+        format=None,
         overwrite=False,
         verbose=False,
     ):
@@ -155,7 +155,9 @@ class PeerDeployment:
                 int peer index.
             mean_teacher: the peer's mean teacher or its student; defaults to
                 the mean teacher where the method has one.
-            format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`.
+            format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`;
+                None (default): from the extension of `filepath` (a path
+                without `.keras`, `.onnx` or `.tflite` is a SavedModel).
             overwrite: replace an existing `filepath`.
             verbose: let Keras print what it writes.
 
@@ -194,8 +196,14 @@ class PeerDeployment:
                 False, the student peer. Defaults to the mean teacher where
                 the method has mean teachers, else the peer.
 
+        Input contract: raw pixels `(batch, height, width, channels)` in
+        [0, 255] (uint8, or floats of that range; the input is named
+        `images`), as in training: the network's first layer is the
+        model's `preprocessing`, which scales them. Images already scaled
+        to [0, 1] would be scaled twice.
+
         Returns:
-            A functional `keras.Model`.
+            A functional `keras.Model` from raw images to logits.
         """
         self._check_peer_index(index, "index")
         mean_teacher = self._resolve_mean_teacher(mean_teacher)

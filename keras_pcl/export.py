@@ -14,12 +14,15 @@ A PCL `.keras` checkpoint loads on every backend, so a format that the
 current backend cannot write is one `KERAS_BACKEND=tensorflow keras-pcl
 export ...` away; the error says so.
 
+The format follows the file's extension unless given (`format_for_path`).
+
 Serving signature (`tf_saved_model`, `onnx`, `tflite`): input `images`, raw
 pixels `(batch, height, width, channels)` (NHWC, also for channels-first
-backbones), float32 in [0, 255]; the SavedModel has a second signature,
-`serving_uint8`, for uint8 pixels. The model's own `preprocessing` runs
-inside, so callers need no normalisation constants. Outputs: `logits` and
-`probabilities` (softmax of the logits), float32 `(batch, num_classes)`.
+backbones), float32 in [0, 255] (not scaled to [0, 1]); the SavedModel has
+a second signature, `serving_uint8`, for uint8 pixels. The model's own
+`preprocessing` runs inside, so callers need no normalisation constants.
+Outputs: `logits` and `probabilities` (softmax of the logits), float32
+`(batch, num_classes)`.
 
 The format writers are Keras' own (`keras.Model.save`, `keras.Model.export`,
 `keras.export.ExportArchive`); this module only builds the serving network,
@@ -54,6 +57,64 @@ _FORMAT_MODULES = {
         "torch": ("onnx", "onnxscript"),
     },
 }
+
+
+def format_for_path(filepath, format=None):
+    """The export format of `filepath`: `format`, or what its extension says.
+
+    `.keras`, `.onnx` and `.tflite` name their format; any other path is a
+    `tf_saved_model` directory. An explicit `format` must agree with the
+    extension: a SavedModel directory named `model.onnx`, or an ONNX file
+    named `model.keras`, is refused.
+
+    Args:
+        filepath: where the export goes.
+        format: None (from the extension) or one of `FORMATS`.
+
+    Returns:
+        One of `FORMATS`.
+
+    Raises:
+        ValueError: an unknown `format`, or one that the extension of
+            `filepath` contradicts (the message names both).
+
+    Example:
+
+    >>> format_for_path("model.onnx"), format_for_path("served/resnet32")
+    ('onnx', 'tf_saved_model')
+    """
+    filepath = os.fspath(filepath)
+    by_extension = "tf_saved_model"
+    for name, extension in FORMAT_EXTENSIONS.items():
+        if filepath.endswith(extension):
+            by_extension = name
+    if format is None:
+        return by_extension
+    if format not in FORMATS:
+        raise ValueError(
+            f"`format` must be one of {list(FORMATS)} (or None: from the "
+            f"extension of `filepath`). Received: format={format!r}"
+        )
+    if format != by_extension:
+        extension = FORMAT_EXTENSIONS.get(format)
+        wanted = (
+            f"a file ending in '{extension}'"
+            if extension
+            else "a directory without a .keras, .onnx or .tflite extension"
+        )
+        found = (
+            f"the extension of format {by_extension!r}"
+            if by_extension != "tf_saved_model"
+            else "no .keras, .onnx or .tflite extension (a tf_saved_model directory)"
+        )
+        raise ValueError(
+            f"`filepath` {filepath!r} has {found}, but format={format!r} was "
+            f"asked for: format "
+            f"{format!r} writes {wanted}. Change the extension, or pass "
+            f"format={by_extension!r} (or no format: it follows the "
+            f"extension). Received: filepath={filepath!r}, format={format!r}"
+        )
+    return format
 
 
 def serving_model(network, data_format=None):
@@ -128,7 +189,7 @@ def export_peer(
     filepath,
     peer="best",
     mean_teacher=None,
-    format="tf_saved_model",
+    format=None,
     overwrite=False,
     verbose=False,
 ):
@@ -146,7 +207,11 @@ def export_peer(
             if False, the student peer. Defaults to the mean teacher for
             models that have them (PCL) and to the peer otherwise (the
             baselines of `keras_pcl.baselines`).
-        format: one of `"keras"`, `"tf_saved_model"`, `"onnx"`, `"tflite"`.
+        format: one of `"keras"`, `"tf_saved_model"`, `"onnx"`,
+            `"tflite"`, or None (default): from the extension of
+            `filepath` (`format_for_path`; no known extension: a
+            SavedModel directory). A format that the extension contradicts
+            raises.
         overwrite: replace an existing `filepath`. Defaults to False.
         verbose: let Keras print what it writes.
 
@@ -157,8 +222,9 @@ def export_peer(
     Raises:
         ValueError: an unknown `format`, a `format` the current backend cannot
             write (the message names the backends that can), a bad `peer`, a
-            file extension that does not match `format`, or `peer="best"`
-            when no best peer was recorded.
+            file extension that does not match `format` (e.g. a SavedModel
+            asked for at `model.onnx`), or `peer="best"` when no best peer
+            was recorded.
         FileExistsError: `filepath` exists and `overwrite=False`.
 
     Example:
@@ -171,10 +237,7 @@ def export_peer(
     served.signatures["serving_default"](images=raw_images)["probabilities"]
     ```
     """
-    if format not in FORMATS:
-        raise ValueError(
-            f"`format` must be one of {list(FORMATS)}. Received: format={format!r}"
-        )
+    format = format_for_path(filepath, format)
     backend = keras.backend.backend()
     if backend not in _FORMAT_BACKENDS[format]:
         raise ValueError(
@@ -188,12 +251,6 @@ def export_peer(
         )
     _check_modules(format, backend)
     filepath = os.fspath(filepath)
-    extension = FORMAT_EXTENSIONS.get(format)
-    if extension and not filepath.endswith(extension):
-        raise ValueError(
-            f"`filepath` must end in '{extension}' for format={format!r}. "
-            f"Received: filepath={filepath!r}"
-        )
     if os.path.exists(filepath) and not overwrite:
         raise FileExistsError(
             f"`filepath` already exists; pass `overwrite=True` to replace it "
@@ -221,12 +278,7 @@ def export_peer(
         )
         _name_onnx_inputs_and_outputs(filepath, serving)
     else:
-        serving.export(
-            filepath,
-            format="litert",
-            input_signature=[input_spec],
-            verbose=verbose,
-        )
+        _write_tflite(serving, filepath, input_spec)
     return serving
 
 
@@ -247,6 +299,40 @@ def _write_saved_model(serving, filepath, input_spec, verbose):
         input_signature=[keras.InputSpec(shape=input_spec.shape, dtype="uint8")],
     )
     archive.write_out(filepath, verbose=verbose)
+
+
+def _write_tflite(serving, filepath, input_spec):
+    """The serving model as a `.tflite` file whose input is named `images`.
+
+    Written by hand: `keras.Model.export(format="litert")` converts a
+    function of positional arguments, whose input the converter then names
+    `args_0`. This converts a SavedModel whose endpoint takes `images`
+    (TensorFlow's own path from Keras 3: `ExportArchive`, then
+    `TFLiteConverter.from_saved_model`), so the `serving_default` signature
+    reads `images` and returns `logits` and `probabilities`.
+    """
+    import tempfile
+
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(serving)
+
+    def serve(images):
+        return serving(images, training=False)
+
+    archive.add_endpoint("serve", serve, input_signature=[input_spec])
+    with tempfile.TemporaryDirectory() as saved_model:
+        archive.write_out(saved_model, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+            tf.lite.OpsSet.SELECT_TF_OPS,
+        ]
+        converter.experimental_enable_resource_variables = True
+        flatbuffer = converter.convert()
+    with open(filepath, "wb") as file:
+        file.write(flatbuffer)
 
 
 def _check_modules(format, backend):

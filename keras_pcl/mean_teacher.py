@@ -15,6 +15,76 @@ from keras import ops
 from keras_pcl import _compat
 from keras_pcl import speedups
 
+# The paper's decay (spec section 7), which averages over ~1,000 steps.
+PAPER_EMA_DECAY = 0.999
+# The mean teacher averages over at most this fraction of a run's steps.
+EMA_HORIZON_FRACTION = 0.1
+
+
+def ema_horizon(ema_decay):
+    """The number of steps `1 / (1 - alpha)` that a decay averages over.
+
+    Example:
+
+    >>> round(ema_horizon(0.999))
+    1000
+    """
+    return 1.0 / (1.0 - ema_decay)
+
+
+def ema_decay_for_run(total_steps, ema_decay=PAPER_EMA_DECAY):
+    """The largest decay <= `ema_decay` that fits a run of `total_steps`.
+
+    The decay `alpha` averages the students over about `1 / (1 - alpha)`
+    steps, and before that many steps (`ema_decay_at`'s warm-up) over every
+    step since the start, the random initialisation included. A run of
+    fewer than ten times that many steps would deploy a mean teacher that
+    is still mostly its early, untrained weights. So the decay is lowered
+    until it averages over at most a tenth of the run (`1 / (1 - alpha) <=
+    total_steps / 10`), and never raised above `ema_decay`. The paper's
+    runs (CIFAR: 300 epochs of 391 steps) keep 0.999 exactly: any run of
+    10,000 steps or more does.
+
+    Args:
+        total_steps: int, the optimizer steps of the whole run.
+        ema_decay: float in [0, 1), the decay of a long run.
+
+    Returns:
+        A float in [0, ema_decay].
+
+    Example:
+
+    >>> ema_decay_for_run(300 * 391), ema_decay_for_run(2 * 500)
+    (0.999, 0.99)
+    """
+    horizon = EMA_HORIZON_FRACTION * total_steps
+    if horizon <= 1:
+        return 0.0  # The mean teacher follows its student.
+    return min(float(ema_decay), 1.0 - 1.0 / horizon)
+
+
+def ema_decay_warning(ema_decay, total_steps, name="ema_decay"):
+    """A message if `ema_decay` averages over more than a tenth of the run.
+
+    Returns:
+        None when `ema_decay <= ema_decay_for_run(total_steps)` (its
+        horizon `ema_horizon(ema_decay)` is at most a tenth of the run, or
+        the decay is 0), else a message naming `name`, the run's steps and
+        the decay that fits.
+    """
+    # Exactly when `ema_decay` exceeds the decay that fits the run (0 fits
+    # any run: the mean teacher then follows its student).
+    if ema_decay <= ema_decay_for_run(total_steps, ema_decay):
+        return None
+    return (
+        f"`{name}={ema_decay:g}` averages the mean teachers over about "
+        f"{ema_horizon(ema_decay):,.0f} steps, more than a tenth of this run's "
+        f"{total_steps:,} steps: the deployed mean teacher stays close to its "
+        "early, untrained weights. Pass "
+        f"{name}={ema_decay_for_run(total_steps, ema_decay):.4g} (or, in "
+        "`keras_pcl.training`, leave `ema_decay` unset), or train longer."
+    )
+
 
 def ema_decay_at(step, ema_decay):
     """Decay `alpha_k = min(1 - 1/(k + 1), alpha)` used at training step `k`.

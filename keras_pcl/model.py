@@ -25,6 +25,7 @@ import keras
 from keras import ops
 
 from keras_pcl.losses import pcl_loss
+from keras_pcl.mean_teacher import ema_decay_warning
 from keras_pcl.mean_teacher import freeze_variable
 from keras_pcl.mean_teacher import update_mean_teacher
 from keras_pcl.multi_branch import DEFAULT_RAMPUP_STEPS
@@ -80,12 +81,20 @@ class PeerCollaborativeModel(MultiBranchModel):
             `Rescaling`/`Normalization`; another layer is refused for such a
             backbone (the pixels would be scaled twice).
         temperature: positive float, the distillation temperature `T`.
-        ema_decay: float in [0, 1), the mean teachers' decay `alpha`.
+        ema_decay: float in [0, 1), the mean teachers' decay `alpha`,
+            which averages over about `1 / (1 - alpha)` steps. The default
+            is the paper's 0.999, for its runs of 10,000 steps or more; for
+            a shorter run pass `keras_pcl.mean_teacher.ema_decay_for_run(
+            total_steps)` (a tenth of the run). `fit` warns when it starts a
+            run for which the decay averages over more than a tenth.
         consistency_weight: float >= 0, the weight `lambda` that `w(t)`
             ramps up to.
         rampup_steps: int >= 0, ramp-up length `t_r` in training steps. The
-            paper uses 80 epochs: pass `80 * steps_per_epoch`. The default is
-            80 epochs of CIFAR at batch 128 (391 steps each).
+            paper ramps up over 80 of its 300 epochs: pass
+            `round(80 / 300 * total_steps)` for a run of `total_steps`. The
+            default is the paper's full run, 80 epochs of CIFAR at batch 128
+            (391 steps each); `fit` warns when it starts a run shorter than
+            the ramp-up (`keras_pcl.training` scales both with the run).
         deploy_peer: int, the peer whose mean teacher `call`/`predict` use.
         distill_from_ensemble: ablation switch (spec section 8). If False,
             the peers are not distilled from the ensemble teacher (`L_pe`
@@ -210,6 +219,11 @@ class PeerCollaborativeModel(MultiBranchModel):
     # ------------------------------------------------------------------
     # Forward passes
     # ------------------------------------------------------------------
+
+    def _schedule_warnings(self, total_steps):
+        messages = super()._schedule_warnings(total_steps)
+        message = ema_decay_warning(self.ema_decay, total_steps, "ema_decay")
+        return messages + ([message] if message else [])
 
     def _before_training_forward(self, step):
         student_vars, teacher_vars = self._ema_pairs

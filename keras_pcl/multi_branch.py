@@ -37,12 +37,14 @@ from keras_pcl.deployment import clone_layer  # noqa: F401 (public name)
 from keras_pcl.losses import check_label_values
 from keras_pcl.losses import consistency_rampup
 from keras_pcl.losses import standardize_labels
+from keras_pcl.splitting import _abbreviate as abbreviate_names
 from keras_pcl.splitting import check_backbone
 from keras_pcl.splitting import fresh_clone
 from keras_pcl.splitting import own_preprocessing
 from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
+from keras_pcl.splitting import suggested_split
 from keras_pcl.validation import check
 from keras_pcl.validation import check_bool  # noqa: F401 (used by subclasses)
 from keras_pcl.validation import check_choice
@@ -50,6 +52,7 @@ from keras_pcl.validation import check_int
 from keras_pcl.validation import check_number
 from keras_pcl.validation import raise_invalid  # noqa: F401
 from keras_pcl.views import PeerViews
+from keras_pcl.views import check_images
 
 # The paper's CIFAR recipe: 80 ramp-up epochs of ceil(50000 / 128) steps.
 DEFAULT_RAMPUP_STEPS = 80 * 391
@@ -316,35 +319,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
 
     def _split(self, backbone, split_at):
         """`(trunk, head, split_at)`: the backbone cut for this method."""
-        if not self.shares_trunk:
-            if split_at is not None:
-                raise ValueError(
-                    f"{type(self).__name__} trains separate full networks and "
-                    "has no shared trunk; leave `split_at` as None. "
-                    f"Received: split_at={split_at!r}"
-                )
-            return None, backbone, None
-        if split_at is None:
-            split_at = getattr(backbone, "default_split_at", None)
-        if split_at is None:
-            split_at = recommended_split(backbone)
-            if split_at is None:
-                raise ValueError(
-                    "`split_at` is required: backbone "
-                    f"'{backbone.name}' has no `default_split_at` and is not "
-                    "a family that `keras_pcl.splitting.recommended_split` "
-                    "knows. Pass the name of the layer that ends the shared "
-                    f"trunk, one of {split_candidates(backbone)}. "
-                    "Received: split_at=None"
-                )
-            print(
-                f"{type(self).__name__}: split_at=None, so the trunk ends at "
-                f"'{split_at}', the start of the last stage of "
-                f"'{backbone.name}' (keras_pcl.splitting.recommended_split). "
-                "Pass `split_at` to choose another layer."
-            )
-        trunk, head = split_backbone(backbone, split_at)
-        return trunk, head, split_at
+        return resolve_split(backbone, split_at, type(self).__name__, self.shares_trunk)
 
     def _create_trackers(self):
         """The loss and accuracy trackers, named after the method's outputs.
@@ -553,34 +528,90 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     # Loss and metrics
     # ------------------------------------------------------------------
 
-    # Labels in memory are checked on the host first: inside the compiled
-    # step an out-of-range class id is an error from deep inside the
-    # backend, or silently a zero target (`losses.check_label_values`).
+    # In-memory data is checked on the host first: inside the compiled step
+    # an out-of-range class id is an error from deep inside the backend, or
+    # silently a zero target (`losses.check_label_values`); images scaled
+    # to [0, 1] are scaled twice (`views.check_images`, a warning); an
+    # empty array fails inside the backend's own loop. One NumPy pass each,
+    # before the first step, never per step.
+
+    def _check_data(self, x, y=None, name="x", label_name="y"):
+        # A warning points at the line that called `fit`, `predict`, ...
+        check_images(x, name, type(self).__name__, stacklevel=3)
+        check_label_values(y, self.num_classes, label_name)
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after `losses.check_label_values` on `y`."""
-        check_label_values(y, self.num_classes, "y")
+        """`keras.Model.fit`, after checking in-memory images and labels.
+
+        `views.check_images` (no empty arrays; a `PixelScaleWarning` for
+        images scaled to [0, 1]) and `losses.check_label_values` run on `x`,
+        `y` and arrays in `validation_data`. A run whose length `fit` makes
+        known (its first call, from step 0) warns when the schedule does
+        not fit it: a `rampup_steps` longer than the run, or (PCL) a mean-
+        teacher `ema_decay` that averages over more than a tenth of it.
+        """
+        self._check_data(x, y)
         validation_data = kwargs.get("validation_data")
         if isinstance(validation_data, (tuple, list)) and len(validation_data) > 1:
-            check_label_values(
-                validation_data[1], self.num_classes, "validation_data[1]"
+            self._check_data(
+                validation_data[0],
+                validation_data[1],
+                "validation_data[0]",
+                "validation_data[1]",
             )
+        self._warn_schedule(x, args, kwargs)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`, after `losses.check_label_values` on `y`."""
-        check_label_values(y, self.num_classes, "y")
+        """`keras.Model.evaluate`, after checking in-memory images and labels."""
+        self._check_data(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, after checking in-memory images.
+
+        See `keras_pcl.views.check_images`: raw pixels in [0, 255] expected.
+        """
+        self._check_data(x)
+        return super().predict(x, *args, **kwargs)
+
     def train_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.train_on_batch`, after `losses.check_label_values` on `y`."""
-        check_label_values(y, self.num_classes, "y")
+        """`keras.Model.train_on_batch`, after checking images and labels."""
+        self._check_data(x, y)
         return super().train_on_batch(x, y, *args, **kwargs)
 
     def test_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.test_on_batch`, after `losses.check_label_values` on `y`."""
-        check_label_values(y, self.num_classes, "y")
+        """`keras.Model.test_on_batch`, after checking images and labels."""
+        self._check_data(x, y)
         return super().test_on_batch(x, y, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        """`keras.Model.predict_on_batch`, after checking in-memory images."""
+        self._check_data(x)
+        return super().predict_on_batch(x)
+
+    def _warn_schedule(self, x, args, kwargs):
+        """Warns for a schedule longer than the run that `fit` starts."""
+        total = _fit_steps(x, args, kwargs)
+        if total is None:
+            return
+        if int(ops.convert_to_numpy(self.step_counter.value)) != 0:
+            return  # Training on: this call is not the whole run.
+        for message in self._schedule_warnings(total):
+            warnings.warn(message, stacklevel=3)
+
+    def _schedule_warnings(self, total_steps):
+        """Messages for schedule lengths that do not fit `total_steps`."""
+        if not self.uses_rampup or self.rampup_steps <= total_steps:
+            return []
+        return [
+            f"`rampup_steps={self.rampup_steps}` is longer than the run that "
+            f"this `fit` starts ({total_steps} steps): the distillation terms "
+            "never reach their full weight `consistency_weight`. Build the "
+            "model with a ramp-up that fits the run, e.g. the paper's 80 of "
+            f"300 epochs: rampup_steps={round(80 / 300 * total_steps)} (if "
+            "more `fit` calls train on, count their steps too)."
+        ]
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Configures training; the method's loss is built in.
@@ -638,11 +669,17 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             extra = _compat.aggregate_additional_loss(self, extra)
             loss = loss + ops.cast(extra, "float32")
 
+        labels, sparse = standardize_labels(y, self.num_classes)
+        # Each term is a mean over the batch: weighted by the batch size, as
+        # Keras weights its `loss` tracker, so that an epoch's `ce` (and
+        # every other term) averages the same examples as its `loss` and
+        # never exceeds it (unweighted, a smaller last batch counted as
+        # much as a full one).
+        batch_size = ops.cast(ops.shape(labels)[0], "float32")
         for tracker in self.loss_trackers:
-            tracker.update_state(terms[tracker.name])
+            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
         if self.weight_tracker is not None:
             self.weight_tracker.update_state(outputs["consistency_weight"])
-        labels, sparse = standardize_labels(y, self.num_classes)
         if not sparse:
             labels = ops.argmax(labels, axis=-1)
         for metric, logits in zip(
@@ -756,6 +793,64 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         return [v for v in self.variables if v.name == "seed_generator_state"]
 
 
+def resolve_split(backbone, split_at, owner, shares_trunk=True, verbose=True):
+    """`(trunk, head, split_at)`: `backbone` cut where a model of `owner` cuts it.
+
+    `split_at=None` takes the backbone's `default_split_at`, else
+    `keras_pcl.splitting.recommended_split` (printed, unless not
+    `verbose`); a backbone of no known family then needs `split_at`, and
+    the error suggests one (`keras_pcl.splitting.suggested_split`). A
+    method without a shared trunk (`shares_trunk=False`) takes no
+    `split_at` and returns `(None, backbone, None)`. `keras_pcl.training`
+    calls this before it reads any data.
+
+    Raises:
+        ValueError: a `split_at` the backbone cannot be cut at (see
+            `keras_pcl.splitting.split_backbone`), a missing one, or one
+            given for a method without a shared trunk.
+    """
+    if not shares_trunk:
+        if split_at is not None:
+            raise ValueError(
+                f"{owner} trains separate full networks and has no shared "
+                "trunk; leave `split_at` as None. "
+                f"Received: split_at={split_at!r}"
+            )
+        return None, backbone, None
+    if split_at is None:
+        split_at = getattr(backbone, "default_split_at", None)
+    if split_at is None:
+        split_at = recommended_split(backbone)
+        if split_at is None:
+            suggestion = suggested_split(backbone)
+            hint = (
+                f"e.g. split_at={suggestion!r} (the last layer before the "
+                "final downsampling, where a last stage would begin)"
+                if suggestion
+                else "one of the layers that cut it in one tensor"
+            )
+            candidates = split_candidates(backbone)
+            raise ValueError(
+                "`split_at` is required: backbone "
+                f"'{backbone.name}' has no `default_split_at` and is not "
+                "a family that `keras_pcl.splitting.recommended_split` "
+                "knows. Pass the name of the layer that ends the shared "
+                f"trunk, {hint}. The {len(candidates)} layers it can be "
+                f"split at: {abbreviate_names(candidates)} "
+                "(`keras_pcl.splitting.split_candidates(backbone)`). "
+                "Received: split_at=None"
+            )
+        if verbose:
+            print(
+                f"{owner}: split_at=None, so the trunk ends at "
+                f"'{split_at}', the start of the last stage of "
+                f"'{backbone.name}' (keras_pcl.splitting.recommended_split). "
+                "Pass `split_at` to choose another layer."
+            )
+    trunk, head = split_backbone(backbone, split_at)
+    return trunk, head, split_at
+
+
 def _resolve_preprocessing(backbone, preprocessing):
     """`preprocessing`, or the default that does not scale pixels twice."""
     own = own_preprocessing(backbone)
@@ -790,3 +885,31 @@ def dense_classifier(num_classes, input_dim, name, use_bias=True):
     )
     layer.build((None, input_dim))
     return layer
+
+
+def _fit_steps(x, args, kwargs):
+    """The steps of a `fit(x, ...)` call, where they are known; else None."""
+    import math
+
+    import numpy as np
+
+    epochs = kwargs.get("epochs", args[1] if len(args) > 1 else 1)
+    initial_epoch = kwargs.get("initial_epoch", 0)
+    steps = kwargs.get("steps_per_epoch")
+    if steps is None:
+        if isinstance(x, (tuple, list)) and x and hasattr(x[0], "shape"):
+            x = x[0]  # Views of the batch.
+        if hasattr(x, "shape") and len(getattr(x, "shape", ())) > 0:
+            examples = int(x.shape[0])
+            split = kwargs.get("validation_split") or 0.0
+            examples = examples - int(examples * split)
+            batch_size = kwargs.get("batch_size", args[0] if args else None) or 32
+            steps = math.ceil(examples / batch_size)
+        elif hasattr(x, "cardinality"):  # tf.data.Dataset
+            cardinality = int(np.asarray(x.cardinality()))
+            steps = cardinality if cardinality > 0 else None
+        elif hasattr(x, "__len__") and not isinstance(x, (tuple, list, dict)):
+            steps = len(x)  # PyDataset, Sequence
+    if not isinstance(epochs, int) or not isinstance(steps, int):
+        return None
+    return max(epochs - initial_epoch, 0) * steps

@@ -37,13 +37,18 @@ APPLICATION_SPLITS = (
     ("EfficientNetB0-B7", r"efficientnetb[0-7]", r"block5[a-z]_add"),
     ("DenseNet121/169/201", r"densenet(121|169|201)", r"pool4_pool"),
     ("VGG16/VGG19", r"vgg(16|19)", r"block4_pool"),
+    # MobileNetV3: the last stage's first block (stride 2) follows these.
+    ("MobileNetV3Small", r"MobileNetV3Small", r"expanded_conv_7_add"),
+    ("MobileNetV3Large", r"MobileNetV3Large", r"expanded_conv_11_add"),
 )
 
 _APPLICATION_HINT = (
     "For keras.applications models (include_top=False, pooling='avg'), the "
     "last stage starts after: ResNet50 'conv4_block6_out', ResNet101 "
     "'conv4_block23_out', MobileNetV2 'block_12_add', EfficientNetB0 "
-    "'block5c_add', DenseNet121 'pool4_pool', VGG16 'block4_pool'."
+    "'block5c_add', DenseNet121 'pool4_pool', VGG16 'block4_pool', "
+    "MobileNetV3Small 'expanded_conv_7_add', MobileNetV3Large "
+    "'expanded_conv_11_add'."
 )
 
 
@@ -175,8 +180,10 @@ def recommended_split(backbone):
     That is where spec section 6 branches the peers. Known are the built-in
     backbones (their `default_split_at`) and the `keras.applications`
     families of `APPLICATION_SPLITS` under their default model names
-    (ResNet50/101/152, MobileNetV2, EfficientNetB0-B7, DenseNet121/169/201,
-    VGG16/19). For other backbones pick one of `split_candidates(backbone)`.
+    (ResNet50/101/152, MobileNetV2, MobileNetV3Small/Large,
+    EfficientNetB0-B7, DenseNet121/169/201, VGG16/19). For other backbones
+    pick one of `split_candidates(backbone)` (`suggested_split` names the
+    one before the last downsampling).
 
     Args:
         backbone: a built functional `keras.Model`.
@@ -209,6 +216,32 @@ def recommended_split(backbone):
             outputs = _layer_outputs(matches[-1], _graph_outputs(backbone))
             if len(outputs) == 1 and _separates(backbone, outputs[0]):
                 return matches[-1].name
+    return None
+
+
+def suggested_split(backbone):
+    """A likely start of the last stage, for a backbone of no known family.
+
+    The last of `split_candidates(backbone)` whose output is spatially
+    larger than the backbone's last feature map (the layer before the
+    final downsampling), or None if there is no such layer. Only a
+    suggestion for error messages: `recommended_split` is what a model
+    uses.
+    """
+    candidates = split_candidates(backbone)
+    graph_outputs = _graph_outputs(backbone)
+    sizes = []
+    for name in candidates:
+        outputs = _layer_outputs(backbone.get_layer(name), graph_outputs)
+        shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+        sizes.append(shape[1:-1] if len(shape) == 4 else None)
+    spatial = [s for s in sizes if s is not None and None not in s]
+    if not spatial:
+        return None
+    smallest = min(a * b for a, b in spatial)
+    for name, size in reversed(list(zip(candidates, sizes))):
+        if size is not None and None not in size and size[0] * size[1] > smallest:
+            return name
     return None
 
 

@@ -6,10 +6,117 @@ thing a training step runs: raw pixels in, `num_views` preprocessed views
 out. Outside training every view is the same preprocessed batch.
 """
 
+import warnings
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_pcl.augmentation import default_augmentation
+
+
+class PixelScaleWarning(UserWarning):
+    """Float images in [0, 1] where raw pixels in [0, 255] are expected.
+
+    Silence it where `preprocessing` does expect [0, 1] inputs:
+    `warnings.filterwarnings("ignore", category=PixelScaleWarning)`.
+    """
+
+
+def check_images(images, name="x", owner="The model", stacklevel=2):
+    """Checks in-memory images before `fit`, `evaluate` or `predict` runs.
+
+    The models of keras-pcl take raw pixels in [0, 255] (uint8, or floats
+    of that range): their `preprocessing` (by default `Rescaling(1 / 255)`,
+    or a keras.applications backbone's own layer) scales them inside the
+    network, in training and in every deployed or exported peer. Images
+    already scaled to [0, 1] (a common habit) would be scaled twice: a
+    model then trains near chance, and one trained on raw pixels predicts
+    one class for everything. Nothing inside the compiled step can say so,
+    so the arrays are checked on the host first, in one NumPy pass: float
+    images whose maximum is <= 1 get a `PixelScaleWarning` with the fix (a
+    warning, not an error: a custom `preprocessing` may expect [0, 1]).
+
+    A `tf.data.Dataset`, a `PyDataset` or a generator is not read ahead
+    here (`keras_pcl.training` checks the first batch of the datasets it
+    builds).
+
+    Args:
+        images: NumPy array, backend tensor, list, or a tuple/list of
+            `num_peers` such arrays (views augmented by the pipeline);
+            anything else (datasets, dicts, None) is returned unchecked.
+        name: the argument's name, for the messages.
+        owner: the model's class name, for the messages.
+        stacklevel: the warning's `stacklevel`, counted from the caller of
+            `check_images` (2: that caller's caller).
+
+    Raises:
+        ValueError: an array with no examples (its first dimension is 0).
+
+    Example:
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     check_images(np.full((2, 4, 4, 3), 0.5, "float32"))
+    >>> caught[0].category.__name__
+    'PixelScaleWarning'
+    """
+    if isinstance(images, (tuple, list)) and images and not _is_number(images[0]):
+        if all(_is_array(v) for v in images):
+            for i, view in enumerate(images):
+                check_images(view, f"{name}[{i}]", owner, stacklevel + 1)
+            return
+    array = _as_numpy(images)
+    if array is None or array.ndim == 0:
+        return
+    if array.shape[0] == 0:
+        raise ValueError(
+            f"`{name}` has no examples: its first dimension is 0 (shape "
+            f"{array.shape}). Pass at least one image. Received: "
+            f"{name}.shape={array.shape}"
+        )
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return  # uint8 and other integer pixels are raw by construction.
+    high = float(np.max(array))
+    if not high <= 1.0:  # Also False for NaN.
+        return
+    low = float(np.min(array))
+    warnings.warn(
+        f"`{name}` holds float images with values in [{low:.3g}, {high:.3g}]: "
+        f"they look scaled to [0, 1], but {owner} expects raw pixels in "
+        "[0, 255] (uint8, or floats of that range) and scales them itself "
+        "with its `preprocessing`; scaled twice, a model trains near chance "
+        "and one trained on raw pixels predicts one class for everything. "
+        f"Pass the raw pixels (e.g. `{name} * 255`). If your `preprocessing` "
+        "does expect [0, 1] inputs, silence this warning with "
+        "`warnings.filterwarnings('ignore', "
+        "category=keras_pcl.views.PixelScaleWarning)`.",
+        PixelScaleWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.number))
+
+
+def _is_array(value):
+    return isinstance(value, (np.ndarray, list)) or keras.ops.is_tensor(value)
+
+
+def _as_numpy(value):
+    """`value` as a NumPy array, or None for what is not an array."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, list):
+        try:
+            return np.asarray(value)
+        except ValueError:  # Ragged.
+            return None
+    if keras.ops.is_tensor(value):
+        return keras.ops.convert_to_numpy(value)
+    return None
 
 
 class PeerViews(keras.layers.Layer):

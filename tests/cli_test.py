@@ -101,6 +101,41 @@ def test_bad_usage_exits_with_code_2(capsys):
     assert exit.value.code == cli.EXIT_USAGE
 
 
+@torch_only_in_ci  # Argument parsing: backend-independent.
+def test_flags_are_not_abbreviated(capsys):
+    parser = cli.build_parser()
+    for argv in (["train", "--epoch=3"], ["train", "--lr_decay=1"]):
+        with pytest.raises(SystemExit) as exit:
+            parser.parse_args(argv)
+        assert exit.value.code == cli.EXIT_USAGE
+        assert "unrecognized arguments" in capsys.readouterr().err
+    assert parser.parse_args(["train", "--epochs=3"]).epochs == 3
+
+
+@torch_only_in_ci  # Refused before the checkpoint is read: backend-independent.
+def test_export_refuses_a_format_that_the_extension_contradicts(tmp_path, capsys):
+    output = str(tmp_path / "model.onnx")
+    code = cli.main(["export", "missing.keras", output, "--format=tf_saved_model"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR
+    assert "extension of format 'onnx', but format='tf_saved_model'" in line
+    assert not os.path.exists(output)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax", reason="JAX does not write ONNX (export.py)"
+)
+def test_export_to_a_onnx_name_writes_onnx(checkpoint, tmp_path, capsys):
+    import onnx
+
+    path, _, _ = checkpoint
+    output = str(tmp_path / "model.onnx")
+    assert cli.main(["export", path, output]) == cli.EXIT_OK, capsys.readouterr().err
+    assert "as onnx to" in capsys.readouterr().out
+    assert os.path.isfile(output)  # Not a SavedModel directory.
+    assert [i.name for i in onnx.load(output).graph.input] == ["images"]
+
+
 def test_the_version_is_declared_once():
     import tomllib
 
@@ -360,6 +395,7 @@ WRITABLE = {
     "keras": ("tensorflow", "jax", "torch"),
     "tf_saved_model": ("tensorflow", "jax"),
     "onnx": ("tensorflow", "torch"),
+    "tflite": ("tensorflow",),
 }
 
 
@@ -417,9 +453,8 @@ def test_evaluate_scores_each_format_on_a_whole_folder(
     assert percentage(out, row) == pytest.approx(expected, abs=0.051)
     assert "not reported: 3 classes <= 5" in out  # Top-5 would be 100%.
 
-    exported = str(
-        tmp_path / ("peer" + {"keras": ".keras", "onnx": ".onnx"}.get(format, ""))
-    )
+    extensions = {"keras": ".keras", "onnx": ".onnx", "tflite": ".tflite"}
+    exported = str(tmp_path / ("peer" + extensions.get(format, "")))
     model.export_peer(exported, format=format)
     code, out, err = evaluate(capsys, exported, f"--dataset={folder}", "--split=all")
     assert code == cli.EXIT_OK, err

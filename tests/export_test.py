@@ -10,7 +10,9 @@ import pytest
 
 import keras_pcl
 from keras_pcl.export import FORMATS
+from keras_pcl.export import format_for_path
 from keras_pcl.export import serving_model
+from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import float32_atol
 from tests.testing import tiny_backbone
@@ -188,7 +190,9 @@ def test_bad_export_arguments_raise_clear_errors(trained, tmp_path):
         model.export_peer(path, peer="first", format="keras")
     with pytest.raises(ValueError, match="`format` must be one of .*format='pb'"):
         model.export_peer(path, peer=0, format="pb")
-    with pytest.raises(ValueError, match=r"must end in '\.keras'"):
+    with pytest.raises(
+        ValueError, match=r"format 'keras' writes a file ending in '\.keras'"
+    ):
         model.export_peer(str(tmp_path / "peer.h5"), peer=0, format="keras")
     model.export_peer(path, peer=0, format="keras")
     with pytest.raises(FileExistsError, match="overwrite=True"):
@@ -201,3 +205,42 @@ def test_peer_best_without_a_record_raises():
     assert model.best_peer is None
     with pytest.raises(ValueError, match="no best peer recorded.*BestPeerTracker"):
         model.export_peer("unused.keras", peer="best", format="keras")
+
+
+@torch_only_in_ci  # Backend-independent: file names only.
+def test_the_format_follows_the_file_extension():
+    assert format_for_path("m.keras") == "keras"
+    assert format_for_path("m.onnx") == "onnx"
+    assert format_for_path("m.tflite") == "tflite"
+    assert format_for_path("served/resnet32") == "tf_saved_model"
+    assert format_for_path("m.onnx", "onnx") == "onnx"
+    with pytest.raises(
+        ValueError,
+        match=r"extension of format 'onnx', but format='tf_saved_model'.*"
+        r"pass format='onnx'",
+    ):
+        format_for_path("model.onnx", "tf_saved_model")
+    with pytest.raises(ValueError, match=r"format 'tflite' writes a file ending"):
+        format_for_path("served/resnet32", "tflite")
+
+
+@torch_only_in_ci  # Backend-independent: refused before anything is built.
+def test_a_saved_model_is_not_written_under_an_onnx_name(tmp_path):
+    model = make_model()
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ValueError, match="format='tf_saved_model'"):
+        model.export_peer(str(path), peer=0, format="tf_saved_model")
+    assert not path.exists()
+
+
+def test_without_a_format_the_extension_decides(trained, tmp_path):
+    model, x_val = trained
+    path = str(tmp_path / "peer.keras")
+    model.export_peer(path, peer=0)  # Before: a SavedModel named peer.keras.
+    assert os.path.isfile(path)
+    images = x_val[:4].astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.saving.load_model(path)(images)),
+        keras.ops.convert_to_numpy(model.get_peer(0)(images)),
+        atol=1e-5,  # The same float32 network, reloaded.
+    )

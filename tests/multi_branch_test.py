@@ -4,11 +4,14 @@ What every method inherits from `MultiBranchModel`, checked on PCL (and on
 a baseline where the methods differ).
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
 import keras_pcl
+from keras_pcl.views import PixelScaleWarning
 from tests.ci_budget import slow_on_jax
 from tests.splitting_test import scaling_backbone
 from tests.testing import colour_dataset
@@ -236,3 +239,98 @@ def test_split_at_none_uses_the_recommended_split_and_says_so(capsys):
 def test_split_at_none_without_a_recommendation_lists_the_candidates():
     with pytest.raises(ValueError, match="split_at.*is required.*'split'"):
         keras_pcl.PeerCollaborativeModel(tiny_backbone(), 3)
+
+
+def test_split_at_none_for_an_unknown_family_suggests_its_last_stage():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.ReLU(name="stage1_out")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="down")(x)
+    x = keras.layers.ReLU(name="relu2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    backbone = keras.Model(inputs, x, name="unknown_family")
+    with pytest.raises(ValueError) as error:
+        keras_pcl.PeerCollaborativeModel(backbone, 3)
+    message = str(error.value)
+    assert "e.g. split_at='stage1_out' (the last layer before the final" in message
+    assert "The 4 layers it can be split at: ['conv1', 'stage1_out'" in message
+
+
+# ----------------------------------------------------------------------
+# In-memory data checked before the first step: pixel scale, empty arrays;
+# a schedule longer than the run that `fit` starts.
+# ----------------------------------------------------------------------
+
+
+def caught(fn, *args, **kwargs):
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        fn(*args, **kwargs)
+    return records
+
+
+def compiled_model(**kwargs):
+    model = keras_pcl.PeerCollaborativeModel(
+        tiny_backbone(), 3, num_peers=2, split_at="split", **kwargs
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    return model
+
+
+@pytest.mark.parametrize(
+    "method", ["fit", "evaluate", "predict", "train_on_batch", "test_on_batch"]
+)
+def test_images_scaled_to_zero_one_warn_before_any_step(method):
+    x, y = colour_dataset(8, seed=0)
+    model = compiled_model(rampup_steps=1, ema_decay=0.0)
+    scaled = x.astype("float32") / 255
+    args = (scaled,) if method == "predict" else (scaled, y)
+    kwargs = dict(verbose=0) if method in ("fit", "evaluate", "predict") else {}
+    records = caught(getattr(model, method), *args, **kwargs)
+    pixel = [r for r in records if issubclass(r.category, PixelScaleWarning)]
+    assert len(pixel) == 1 and "expects raw pixels in [0, 255]" in str(pixel[0].message)
+    assert pixel[0].filename == __file__  # Points at the caller's line.
+    records = caught(getattr(model, method), *((x,) + args[1:]), **kwargs)
+    assert not [r for r in records if issubclass(r.category, PixelScaleWarning)]
+
+
+@pytest.mark.parametrize("method", ["fit", "evaluate", "predict"])
+def test_an_empty_array_is_a_clear_error_on_every_backend(method):
+    model = compiled_model()
+    x = np.zeros((0, 8, 8, 3), "uint8")
+    args = (x,) if method == "predict" else (x, np.zeros((0,), "int32"))
+    with pytest.raises(ValueError, match=r"`x` has no examples"):
+        getattr(model, method)(*args, verbose=0)
+
+
+def test_fit_warns_when_the_schedule_outlasts_the_run_it_starts():
+    x, y = colour_dataset(16, seed=0)
+    model = compiled_model()  # The paper's defaults: 31,280 and 0.999.
+    records = caught(model.fit, x, y, batch_size=8, epochs=2, verbose=0)
+    messages = [str(r.message) for r in records]
+    assert any(
+        "`rampup_steps=31280` is longer than the run that this `fit` starts "
+        "(4 steps)" in m
+        for m in messages
+    )
+    assert any("`ema_decay=0.999` averages" in m for m in messages)
+    # Training on: a later `fit` is not the whole run.
+    records = caught(model.fit, x, y, batch_size=8, epochs=1, verbose=0)
+    assert not [r for r in records if "rampup_steps" in str(r.message)]
+    # A schedule that fits the run: no warning.
+    fitting = compiled_model(rampup_steps=4, ema_decay=0.0)
+    assert fitting._schedule_warnings(4) == []
+
+
+def test_logged_terms_average_the_examples_as_the_loss_does():
+    # Batches of 4, 4 and 2: each term is weighted by its batch size, as
+    # Keras weights `loss`, so the mean over batches is the mean over the
+    # 10 examples whatever the batching (inference: no batch statistics).
+    x, y = colour_dataset(10, seed=0)
+    model = compiled_model()
+    batched = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    whole = model.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
+    for name in ("loss", "ce", "pe", "pm"):
+        # float32 means of 10 values of order 1: a few ulps of 1.
+        assert batched[name] == pytest.approx(whole[name], rel=1e-5), name
+    assert batched["loss"] >= batched["ce"]

@@ -41,15 +41,10 @@ def reload_and_predict(format, path, images):
         import tensorflow as tf
 
         interpreter = tf.lite.Interpreter(model_path=path)
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.resize_tensor_input(index, images.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(index, images)
-        interpreter.invoke()
-        # Outputs in the serving model's (sorted) order: logits, probabilities.
-        details = sorted(interpreter.get_output_details(), key=lambda d: d["name"])
-        values = [interpreter.get_tensor(d["index"]) for d in details]
-        return dict(zip(["logits", "probabilities"], values))
+        runner = interpreter.get_signature_runner("serving_default")
+        # By name: the input is `images` and the outputs `logits` and
+        # `probabilities`, as in the other formats.
+        return {k: np.asarray(v) for k, v in runner(images=images).items()}
     raise ValueError(format)
 
 

@@ -159,6 +159,9 @@ def test_mobilenet_v2_end_to_end():
     [
         (keras.applications.ResNet50, "conv4_block6_out"),
         (keras.applications.EfficientNetB0, "block5c_add"),
+        # The README lists MobileNetV3: where its last (stride-2) stage begins.
+        (keras.applications.MobileNetV3Small, "expanded_conv_7_add"),
+        (keras.applications.MobileNetV3Large, "expanded_conv_11_add"),
     ],
 )
 @slow_on_jax

@@ -1,10 +1,14 @@
 """`keras_pcl.views.PeerViews`: what each peer sees for a batch."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
 from keras_pcl.views import PeerViews
+from keras_pcl.views import PixelScaleWarning
+from keras_pcl.views import check_images
 from tests.testing import colour_dataset
 
 
@@ -65,3 +69,39 @@ def test_bad_inputs_raise_clear_errors():
         PeerViews(2, x.shape[1:], preprocessing=lambda t: t)
     with pytest.raises(ValueError, match="`augmentation` must be 'default'"):
         PeerViews(2, x.shape[1:], augmentation="flip")
+
+
+# ----------------------------------------------------------------------
+# `check_images`: the pixel scale and empty arrays, before any step.
+# ----------------------------------------------------------------------
+
+
+def pixel_warnings(images, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_images(images, **kwargs)
+    return [w for w in caught if issubclass(w.category, PixelScaleWarning)]
+
+
+def test_float_images_in_zero_one_warn_with_the_fix():
+    x, _ = colour_dataset(4, seed=0)
+    (warning,) = pixel_warnings(x.astype("float32") / 255, name="x")
+    message = str(warning.message)
+    assert "`x` holds float images with values in [0" in message
+    assert "expects raw pixels in [0, 255]" in message and "x * 255" in message
+    # Backend tensors and per-peer views are checked too.
+    assert len(pixel_warnings(keras.ops.convert_to_tensor(x / 255))) == 1
+    assert len(pixel_warnings((x / 255, x / 255))) == 2
+
+
+def test_raw_pixels_do_not_warn():
+    x, _ = colour_dataset(4, seed=0)
+    assert not pixel_warnings(x)  # uint8
+    assert not pixel_warnings(x.astype("float32"))  # floats in [0, 255]
+    assert not pixel_warnings(np.zeros((2, 4, 4, 3), "uint8"))  # integers: raw
+    assert not pixel_warnings(None) and not pixel_warnings({"images": x / 255})
+
+
+def test_an_empty_array_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"`x` has no examples.*shape \(0, 8, 8, 3\)"):
+        check_images(np.zeros((0, 8, 8, 3), "uint8"), name="x")

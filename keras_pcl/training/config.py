@@ -41,6 +41,13 @@ def peer_initializations():
     return PEER_INITIALIZATIONS
 
 
+# The paper's CIFAR schedule as fractions of the run (spec section 7): the
+# consistency ramp-up over 80 of 300 epochs, the learning rate divided by 10
+# at epochs 150 and 225.
+PAPER_RAMPUP_FRACTION = 80 / 300
+PAPER_LR_DECAY_FRACTIONS = (0.5, 0.75)
+
+
 def _field(default, help, choices=None, item_type=None):
     """A dataclass field whose metadata holds its help text and choices.
 
@@ -118,9 +125,19 @@ class TrainConfig:
         128, "Global batch size (split over replicas, and over processes)."
     )
     lr: float = _field(0.1, "Initial learning rate.")
+    lr_decay_fractions: tuple = _field(
+        PAPER_LR_DECAY_FRACTIONS,
+        "Where the learning rate is divided by 10, as fractions of `epochs` "
+        "(the paper: epochs 150 and 225 of 300); a shorter run drops it "
+        "proportionally sooner.",
+        item_type=float,
+    )
     lr_decay_epochs: tuple = _field(
-        (150, 225),
-        "Epochs (fractions allowed) at which the learning rate is divided by 10.",
+        None,
+        "Epochs (fractions of an epoch allowed) at which the learning rate is "
+        "divided by 10, overriding `lr_decay_fractions`; an epoch >= "
+        "`epochs` warns (that drop never happens). None: "
+        "`lr_decay_fractions` of `epochs`.",
         item_type=float,
     )
     momentum: float = _field(0.9, "SGD Nesterov momentum.")
@@ -134,11 +151,29 @@ class TrainConfig:
         3.0,
         "Distillation temperature T (None: the method's own default, e.g. 4 for KDCL).",
     )
-    ema_decay: float = _field(0.999, "Mean-teacher EMA decay alpha.")
+    ema_decay: float = _field(
+        None,
+        "Mean-teacher EMA decay alpha, which averages over about "
+        "1 / (1 - alpha) steps. None: the paper's 0.999, lowered for a run "
+        "too short for it, so that the mean teacher averages over at most a "
+        "tenth of the run's steps (`keras_pcl.mean_teacher.ema_decay_for_run`"
+        "). An explicit value that averages over more warns.",
+    )
     consistency_weight: float = _field(
         1.0, "Weight lambda that the distillation terms ramp up to."
     )
-    rampup_epochs: float = _field(80.0, "Consistency ramp-up length in epochs.")
+    rampup_fraction: float = _field(
+        PAPER_RAMPUP_FRACTION,
+        "Consistency ramp-up length as a fraction of `epochs` (the paper: "
+        "80 of 300 epochs, 0.2667); a shorter run ramps up proportionally "
+        "sooner.",
+    )
+    rampup_epochs: float = _field(
+        None,
+        "Consistency ramp-up length in epochs, overriding `rampup_fraction`; "
+        "a length beyond `epochs` warns (distillation would never reach its "
+        "full weight). None: `rampup_fraction` of `epochs`.",
+    )
     validation_split: float = _field(
         0.1,
         "Fraction of each class held out from the training set for validation "
@@ -250,10 +285,10 @@ class TrainConfig:
             lambda v: 0 <= v < 1,
         )
         validation.check_number("lr", self.lr, "a positive number", lambda v: v > 0)
-        for name in ("weight_decay", "rampup_epochs"):
-            validation.check_number(
-                name, getattr(self, name), "a number >= 0", lambda v: v >= 0
-            )
+        validation.check_number(
+            "weight_decay", self.weight_decay, "a number >= 0", lambda v: v >= 0
+        )
+        self._validate_schedule()
         if self.temperature is not None:
             validation.check_number(
                 "temperature",
@@ -261,12 +296,6 @@ class TrainConfig:
                 "a positive number or None",
                 lambda v: v > 0,
             )
-        validation.check(
-            all(e >= 0 for e in self.lr_decay_epochs),
-            "lr_decay_epochs",
-            self.lr_decay_epochs,
-            "a tuple of epochs >= 0",
-        )
         if self.host_augmentation:
             from keras_pcl.methods import method_options
 
@@ -282,6 +311,43 @@ class TrainConfig:
         cluster_from_config(self)  # Raises for a partial or inconsistent one.
         build_backbone_fn(self.backbone)  # Raises for an unknown name.
         self._validate_backbone_options()
+
+    def _validate_schedule(self):
+        validation.check_number(
+            "rampup_fraction",
+            self.rampup_fraction,
+            "a fraction of the run in [0, 1]",
+            lambda v: 0 <= v <= 1,
+        )
+        if self.rampup_epochs is not None:
+            validation.check_number(
+                "rampup_epochs",
+                self.rampup_epochs,
+                "a number >= 0, or None for `rampup_fraction` of `epochs`",
+                lambda v: v >= 0,
+            )
+        validation.check(
+            isinstance(self.lr_decay_fractions, tuple)
+            and all(0 <= f < 1 for f in self.lr_decay_fractions),
+            "lr_decay_fractions",
+            self.lr_decay_fractions,
+            "a tuple of fractions of the run in [0, 1)",
+        )
+        if self.lr_decay_epochs is not None:
+            validation.check(
+                isinstance(self.lr_decay_epochs, tuple)
+                and all(e >= 0 for e in self.lr_decay_epochs),
+                "lr_decay_epochs",
+                self.lr_decay_epochs,
+                "a tuple of epochs >= 0, or None for `lr_decay_fractions` of `epochs`",
+            )
+        if self.ema_decay is not None:
+            validation.check_number(
+                "ema_decay",
+                self.ema_decay,
+                "a number in [0, 1), or None for the run's default",
+                lambda v: 0 <= v < 1,
+            )
 
     def _validate_backbone_options(self):
         from keras_pcl.training import applications
@@ -429,15 +495,20 @@ def cifar_config(**overrides):
 
 
 def imagenet_config(**overrides):
-    """The paper's ImageNet recipe: ResNet-18, 90 epochs, batch 256, wd 1e-4."""
+    """The paper's ImageNet recipe: ResNet-18, 90 epochs, batch 256, wd 1e-4.
+
+    The schedule is the paper's as fractions of the run: a ramp-up over 20
+    of the 90 epochs, the learning rate divided by 10 at epochs 30 and 60
+    (of a shorter `epochs`, proportionally sooner).
+    """
     config = dict(
         dataset="imagenet2012",
         backbone="resnet18",
         epochs=90,
         batch_size=256,
-        lr_decay_epochs=(30, 60),
+        lr_decay_fractions=(30 / 90, 60 / 90),
         weight_decay=1e-4,
-        rampup_epochs=20.0,
+        rampup_fraction=20 / 90,
         validation_split=0.0,
         save_freq=2000,
     )
@@ -452,7 +523,8 @@ def finetune_config(**overrides):
     (`backbone_weights`: a `.weights.h5` file, or `"imagenet"`), a learning
     rate of 0.01 (a tenth of the paper's, so as not to wash the pretrained
     features out) for 30 epochs, divided by 10 at epochs 20 and 25, weight
-    decay 1e-4, a 5-epoch ramp-up, batch 64.
+    decay 1e-4, a 5-epoch ramp-up, batch 64 (the schedule as fractions of
+    the run: of a shorter `epochs`, proportionally sooner).
     """
     config = dict(
         backbone="MobileNetV2",
@@ -461,9 +533,9 @@ def finetune_config(**overrides):
         epochs=30,
         batch_size=64,
         lr=0.01,
-        lr_decay_epochs=(20, 25),
+        lr_decay_fractions=(20 / 30, 25 / 30),
         weight_decay=1e-4,
-        rampup_epochs=5.0,
+        rampup_fraction=5 / 30,
     )
     config.update(overrides)
     return TrainConfig(**config)
@@ -496,3 +568,130 @@ def build_backbone_fn(name):
         "'resnet8') or a keras.applications name (e.g. 'MobileNetV2')",
         hint=f"Did you mean {close}?" if close else "",
     )
+
+
+def epochs_of_run(fraction, epochs):
+    """`fraction` of a run of `epochs` epochs, in epochs.
+
+    The one conversion of the schedule's fractions (`TrainConfig`'s
+    `rampup_fraction` and `lr_decay_fractions`, and the scripts that scale
+    a schedule with `--epochs`). Rounded to 9 decimals, so that the paper's
+    fractions give its whole epochs exactly (`80 / 300 * 300` is
+    80.00000000000001 in floating point).
+
+    Example:
+
+    >>> epochs_of_run(80 / 300, 300), epochs_of_run(80 / 300, 30)
+    (80.0, 8.0)
+    """
+    return round(fraction * epochs, 9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The schedule of one run, in epochs and in optimizer steps.
+
+    Attributes:
+        rampup_epochs: the consistency ramp-up length.
+        lr_decay_epochs: where the learning rate is divided by 10.
+        rampup_steps: `rampup_epochs` in steps (rounded).
+        lr_boundaries: `lr_decay_epochs` in steps (rounded down), the
+            boundaries of `PiecewiseConstantDecay`.
+        ema_decay: the mean-teacher decay.
+        total_steps: the steps of the whole run.
+        warnings: `{field: message}` for explicit values that do not fit the
+            run (see `run_schedule`).
+    """
+
+    rampup_epochs: float
+    lr_decay_epochs: tuple
+    rampup_steps: int
+    lr_boundaries: tuple
+    ema_decay: float
+    total_steps: int
+    warnings: dict
+
+
+def run_schedule(config, steps_per_epoch):
+    """The ramp-up, learning-rate drops and EMA decay of `config`'s run.
+
+    Every length defaults to a fraction of the run (`rampup_fraction`,
+    `lr_decay_fractions`; the EMA decay from
+    `keras_pcl.mean_teacher.ema_decay_for_run`), so that a short run gets a
+    proportionally short schedule; the paper's recipe (300 epochs) gives
+    the paper's numbers exactly: a ramp-up over 80 epochs, drops at epochs
+    150 and 225, decay 0.999. An explicit `rampup_epochs`, `lr_decay_epochs`
+    or `ema_decay` is kept as given; one that does not fit the run gets a
+    message in `Schedule.warnings` (a ramp-up longer than the run, a drop
+    at or after its last epoch, a decay that averages over more than a
+    tenth of its steps), which `build_model` and `compile_model` warn with.
+
+    Args:
+        config: a `TrainConfig`.
+        steps_per_epoch: optimizer steps per epoch.
+
+    Returns:
+        A `Schedule`.
+    """
+    from keras_pcl import mean_teacher
+
+    epochs = config.epochs
+    total_steps = epochs * steps_per_epoch
+    warnings = {}
+    rampup_epochs = config.rampup_epochs
+    if rampup_epochs is None:
+        rampup_epochs = epochs_of_run(config.rampup_fraction, epochs)
+    elif rampup_epochs > epochs:
+        warnings["rampup_epochs"] = (
+            f"`rampup_epochs={rampup_epochs:g}` is longer than the run "
+            f"(epochs={epochs}): the distillation terms never reach their "
+            f"full weight (at the last step w(t) is "
+            f"{_rampup_weight(epochs, rampup_epochs):.3g} of it). Leave "
+            "`rampup_epochs` unset (None) for `rampup_fraction` of the run "
+            f"({epochs_of_run(config.rampup_fraction, epochs):g} epochs here), "
+            "or pass a value <= epochs."
+        )
+    lr_decay_epochs = config.lr_decay_epochs
+    if lr_decay_epochs is None:
+        lr_decay_epochs = tuple(
+            epochs_of_run(f, epochs) for f in config.lr_decay_fractions
+        )
+    elif any(e >= epochs for e in lr_decay_epochs):
+        late = [e for e in lr_decay_epochs if e >= epochs]
+        default = [epochs_of_run(f, epochs) for f in config.lr_decay_fractions]
+        warnings["lr_decay_epochs"] = (
+            f"`lr_decay_epochs={','.join(f'{e:g}' for e in lr_decay_epochs)}` "
+            f"has drops at or after the last epoch (epochs={epochs}): "
+            f"{', '.join(f'{e:g}' for e in late)} never happen. Leave "
+            "`lr_decay_epochs` unset (None) for `lr_decay_fractions` of the "
+            f"run (epochs {', '.join(f'{e:g}' for e in default)} here), or "
+            f"pass drops before epoch {epochs}."
+        )
+    ema_decay = config.ema_decay
+    if ema_decay is None:
+        ema_decay = mean_teacher.ema_decay_for_run(total_steps)
+    else:
+        message = mean_teacher.ema_decay_warning(ema_decay, total_steps, "ema_decay")
+        if message:
+            warnings["ema_decay"] = message
+    return Schedule(
+        rampup_epochs=rampup_epochs,
+        lr_decay_epochs=tuple(lr_decay_epochs),
+        rampup_steps=int(round(rampup_epochs * steps_per_epoch)),
+        # Rounded down, as always; first rounded to 6 decimals, so that a
+        # fraction's rounding error (1/3 of 90 epochs of 300 steps is
+        # 9999.99999...) does not move a drop a step early.
+        lr_boundaries=tuple(
+            int(round(e * steps_per_epoch, 6)) for e in lr_decay_epochs
+        ),
+        ema_decay=ema_decay,
+        total_steps=total_steps,
+        warnings=warnings,
+    )
+
+
+def _rampup_weight(progress, length):
+    """`w(t) / lambda` of the ramp-up at `progress` of `length` (NumPy-free)."""
+    import math
+
+    return math.exp(-5.0 * (1.0 - min(progress, length) / length) ** 2)

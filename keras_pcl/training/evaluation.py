@@ -3,7 +3,8 @@
 `load_network` reads what `keras-pcl train` and `keras-pcl export` write:
 a `.keras` file (a plain network, or a PCL or baseline checkpoint, whose
 deployed peer is scored), a SavedModel directory (`tf.saved_model.load`,
-its `serving_default` signature) or a `.onnx` file (ONNX Runtime). Every
+its `serving_default` signature), a `.onnx` file (ONNX Runtime) or a
+`.tflite` file (TensorFlow's `tf.lite.Interpreter`). Every
 one of them takes raw pixels and returns logits (`keras_pcl.export`).
 `evaluation_data` reads a split: the held-out `validation` split of
 training, `all` of an image folder (a test folder), or the `test` split of
@@ -44,7 +45,7 @@ class Network:
 
 
 def network_format(path):
-    """`"keras"`, `"tf_saved_model"` or `"onnx"`, read from `path`.
+    """`"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`, from `path`.
 
     Raises:
         FileNotFoundError: nothing exists at `path`.
@@ -54,7 +55,7 @@ def network_format(path):
     if not os.path.exists(path):
         raise FileNotFoundError(
             "`network` does not exist: pass a .keras file, a SavedModel "
-            f"directory or a .onnx file. Received: network={path!r}"
+            f"directory, a .onnx or a .tflite file. Received: network={path!r}"
         )
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -63,9 +64,11 @@ def network_format(path):
         return "keras"
     elif path.endswith(".onnx"):
         return "onnx"
+    elif path.endswith(".tflite"):
+        return "tflite"
     raise ValueError(
         "`network` must be a .keras file, a SavedModel directory (holding "
-        "saved_model.pb) or a .onnx file, as `keras-pcl train` and "
+        "saved_model.pb), a .onnx or a .tflite file, as `keras-pcl train` and "
         f"`keras-pcl export` write them. Received: network={path!r}"
     )
 
@@ -80,7 +83,8 @@ def load_network(path):
     Raises:
         FileNotFoundError, ValueError: see `network_format`; also a file
             that does not load as its format says.
-        ImportError: ONNX Runtime is missing for a `.onnx` file.
+        ImportError: ONNX Runtime is missing for a `.onnx` file, or
+            TensorFlow for a SavedModel or a `.tflite` file.
     """
     path = os.fspath(path)
     format = network_format(path)
@@ -88,6 +92,7 @@ def load_network(path):
         "keras": _load_keras,
         "tf_saved_model": _load_saved_model,
         "onnx": _load_onnx,
+        "tflite": _load_tflite,
     }[format]
     return loader(path)
 
@@ -183,6 +188,43 @@ def _load_onnx(path):
         num_classes=int(output.shape[-1]),
         image_shape=shape,
         description=f"ONNX {os.path.basename(path)}",
+    )
+
+
+def _load_tflite(path):
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError(
+            "Scoring a .tflite network needs TensorFlow (its "
+            "`tf.lite.Interpreter`). Install it with `pip install tensorflow`."
+        ) from None
+    try:
+        interpreter = tf.lite.Interpreter(model_path=path)
+        runner = interpreter.get_signature_runner("serving_default")
+        signature = interpreter.get_signature_list()["serving_default"]
+        (input_name,) = signature["inputs"]  # `images` (`args_0` before).
+        if "logits" not in signature["outputs"]:
+            raise ValueError(f"outputs {signature['outputs']}, no `logits`")
+    except Exception as error:
+        raise ValueError(
+            "`network` is not a TFLite file of `keras-pcl export` (a "
+            "`serving_default` signature from `images` to `logits`): "
+            f"{_first_line(error)} Received: network={path!r}"
+        ) from None
+    details = runner.get_input_details()[input_name]
+    output = runner.get_output_details()["logits"]
+    shape = tuple(int(d) if d > 0 else None for d in details["shape_signature"][1:])
+
+    def predict(images):
+        images = np.asarray(images, "float32")
+        return runner(**{input_name: images})["logits"]
+
+    return Network(
+        predict=predict,
+        num_classes=int(output["shape"][-1]),
+        image_shape=shape,
+        description=f"TFLite {os.path.basename(path)}",
     )
 
 

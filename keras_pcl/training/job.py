@@ -8,6 +8,7 @@ scripts (`examples/quickstart.py`, `benchmarks/accuracy.py`) reuse:
 
 import dataclasses
 import os
+import warnings
 
 import keras
 
@@ -16,6 +17,7 @@ from keras_pcl.callbacks import BestPeerTracker
 from keras_pcl.training import cluster
 from keras_pcl.training.config import JIT_COMPILE
 from keras_pcl.training.config import build_backbone_fn
+from keras_pcl.training.config import run_schedule
 from keras_pcl.training.data import in_model_augmentation
 from keras_pcl.training.data import load_data
 from keras_pcl.training.data import preprocessing_statistics
@@ -40,6 +42,12 @@ def train(config, callbacks=()):
     `<method>.keras` (the final model: `pcl.keras` for PCL, `dml.keras` for
     DML, ...) and `export/` (the best peer in `config.export_format`; the
     model's `deploy_peer` if no best peer was recorded, which `train` says).
+
+    Before any step: the split is checked (`check_split`, before the data
+    is read), then the data (`check_training_data`: labels in range, the
+    pixel scale), and (with `config.verbose`) `data_summary` prints the
+    classes, the images per class, skipped files and the run's schedule
+    (`run_schedule`: fractions of the run unless given).
 
     The dtype policy, the Keras distribution and TensorFlow's op
     determinism that `train` sets are restored when it returns or raises.
@@ -74,9 +82,12 @@ def train(config, callbacks=()):
     cluster.initialize(cluster.cluster_from_config(config))
     os.makedirs(config.workdir, exist_ok=True)
     check_workdir_config(config, writer=cluster.is_writer())
+    check_split(config)  # Before the data is read: a bad split fails fast.
     with global_state_restored():
         distribution = set_up_process(config)
         run = prepare_data(config, distribution)
+        if config.verbose and cluster.is_writer():
+            print(data_summary(config, run), flush=True)
         with distribution.scope():
             backbone = build_backbone(config, run.image_shape)
             model = build_model(
@@ -147,6 +158,8 @@ class RunData:
     num_classes: int
     validation: object  # Batched validation `tf.data.Dataset`, or None.
     imagenet: bool  # ImageNet's own batched pipeline (no exact resume).
+    # `{"train": counts per class, "validation": ...}` (None for ImageNet).
+    label_counts: dict = None
 
 
 def prepare_data(config, distribution=None):
@@ -185,6 +198,7 @@ def prepare_data(config, distribution=None):
     images_spec = splits.train.element_spec[0]
     if isinstance(images_spec, tuple):  # Host-side views.
         images_spec = images_spec[0]
+    label_counts = check_training_data(splits, imagenet)
     return RunData(
         splits=splits,
         steps_per_epoch=steps_per_epoch,
@@ -192,7 +206,146 @@ def prepare_data(config, distribution=None):
         num_classes=len(splits.class_names),
         validation=validation,
         imagenet=imagenet,
+        label_counts=label_counts,
     )
+
+
+def check_split(config):
+    """Raises for a `config.split_at` the backbone lacks, before data loads.
+
+    The model cuts the backbone only once the data has given the image
+    shape; an image folder is decoded by then. So the split is checked
+    first on the backbone built at a nominal shape (`config.image_size`, or
+    224x224 for a keras.applications backbone, 32x32 for the others; the
+    layer names do not depend on it), without weights. Nothing to build for
+    a built-in backbone at its `default_split_at` or a method without a
+    shared trunk (the method's own error then comes without a build).
+
+    Raises:
+        ValueError: as `keras_pcl.multi_branch.resolve_split`.
+    """
+    from keras_pcl.multi_branch import resolve_split
+    from keras_pcl.training import applications
+
+    cls = methods.method_class(config.method)
+    application = applications.is_application(config.backbone)
+    if not cls.shares_trunk:
+        resolve_split(None, config.split_at, cls.__name__, shares_trunk=False)
+        return
+    if config.split_at is None and not application:
+        return  # The built-in backbones' `default_split_at`.
+    if config.image_size:
+        size = tuple(config.image_size)
+    else:
+        size = (224, 224) if application else (32, 32)
+    kwargs = dict(input_shape=size + (3,))
+    if application:
+        kwargs.update(weights=None, alpha=config.backbone_alpha)
+    backbone = build_backbone_fn(config.backbone)(**kwargs)
+    resolve_split(backbone, config.split_at, cls.__name__, verbose=False)
+
+
+def check_training_data(splits, imagenet=False):
+    """Checks the labels and the pixel scale of the loaded splits.
+
+    The datasets come from `load_data` in memory (not ImageNet's pipeline
+    of records, of which only the first batch is looked at): one pass over
+    the labels counts the examples of each class and raises for an id
+    outside `[0, num_classes)` (inside the compiled step it would be an
+    error from deep inside the backend, or on JAX silently a zero target);
+    the first images are checked by `keras_pcl.views.check_images` (a
+    `PixelScaleWarning` for floats in [0, 1]). Before training, never per
+    step.
+
+    Returns:
+        `{"train": counts, "validation": counts or None}`, NumPy arrays of
+        examples per class; None for ImageNet.
+
+    Raises:
+        ValueError: a label out of range, naming the split and the id.
+    """
+    import numpy as np
+
+    from keras_pcl.views import check_images
+
+    num_classes = len(splits.class_names)
+    if imagenet:
+        images, _ = next(iter(splits.train.take(1)))
+        check_images(_first_view(images).numpy(), "the training images")
+        return None
+    counts = {}
+    for name, dataset in (("train", splits.train), ("validation", splits.validation)):
+        if dataset is None:
+            counts[name] = None
+            continue
+        labels = np.concatenate(
+            [np.reshape(y, -1) for y in dataset.map(lambda x, y: y).batch(4096)]
+            or [np.zeros((0,), "int64")]
+        )
+        bad = (labels < 0) | (labels >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"The {name} split has labels outside [0, {num_classes}) (its "
+                f"{num_classes} classes): relabel the data so that label i "
+                "is `class_names[i]`. Received: label "
+                f"{labels[bad][0].item()!r} ({int(bad.sum())} of {labels.size})"
+            )
+        counts[name] = np.bincount(labels.astype("int64"), minlength=num_classes)
+    first = next(iter(splits.train.take(64).batch(64)), None)
+    if first is not None:
+        check_images(_first_view(first[0]).numpy(), "the training images")
+    return counts
+
+
+def _first_view(images):
+    return images[0] if isinstance(images, tuple) else images
+
+
+def data_summary(config, run):
+    """What `train` prints first: the data and the schedule of the run.
+
+    Example of the text (an image folder):
+
+        Data: 3 classes (cat 40, dog 38, fox 41 training images), 119
+          training and 13 validation images; 2 files skipped (not images).
+        Schedule: 30 epochs of 3 steps; consistency ramp-up over 8 epochs;
+          learning rate / 10 at epochs 15, 22.5; mean-teacher decay 0.9.
+    """
+    splits = run.splits
+    names = list(splits.class_names)
+    counts = (run.label_counts or {}).get("train")
+    if counts is not None:
+        shown = [f"{n} {int(c)}" for n, c in zip(names, counts)][:10]
+        more = f", ... {len(names) - 10} more" if len(names) > 10 else ""
+        per_class = f" ({', '.join(shown)}{more} training images)"
+    else:
+        per_class = ""
+    validation = f"{splits.num_validation}" if splits.validation is not None else "no"
+    lines = [
+        f"Data: {len(names)} classes{per_class}, {splits.num_train} training "
+        f"and {validation} validation images"
+    ]
+    skipped = getattr(splits, "skipped_files", ())
+    if skipped:
+        lines[0] += (
+            f"; {len(skipped)} file(s) skipped (could not be decoded), e.g. "
+            f"{skipped[0]}"
+        )
+    schedule = run_schedule(config, run.steps_per_epoch)
+    options = methods.method_options(config.method)
+    steps = run.steps_per_epoch
+    parts = [f"{config.epochs} epochs of {steps} step{'s' * (steps != 1)}"]
+    if "rampup_steps" in options:
+        parts.append(
+            f"consistency ramp-up over {schedule.rampup_epochs:g} epochs "
+            f"({schedule.rampup_steps} steps)"
+        )
+    drops = ", ".join(f"{e:g}" for e in schedule.lr_decay_epochs) or "none"
+    parts.append(f"learning rate / 10 at epochs {drops}")
+    if "ema_decay" in options:
+        parts.append(f"mean-teacher decay {schedule.ema_decay:.4g}")
+    lines.append("Schedule: " + "; ".join(parts))
+    return "\n".join(line + "." for line in lines)
 
 
 def build_backbone(config, image_shape):
@@ -265,7 +418,9 @@ def build_model(
     Every method gets the same settings through
     `keras_pcl.methods.build_method` (which leaves out those a method does
     not have): peers, augmentation, temperature, mean-teacher decay,
-    consistency weight and its ramp-up (`config.rampup_epochs` in steps),
+    consistency weight and its ramp-up, the mean-teacher decay (both from
+    `run_schedule`: fractions of the run unless given, with a warning for
+    an explicit value that does not fit the run),
     the split and how the peers start (`config.split_at`,
     `config.peer_initialization`, `config.peer_perturbation`).
 
@@ -282,6 +437,11 @@ def build_model(
     """
     if backbone is None:
         backbone = build_backbone(config, image_shape)
+    schedule = run_schedule(config, steps_per_epoch)
+    options = methods.method_options(config.method)
+    for name, option in (("rampup_epochs", "rampup_steps"), ("ema_decay", None)):
+        if name in schedule.warnings and (option or name) in options:
+            warnings.warn(schedule.warnings[name], stacklevel=2)
     return methods.build_method(
         config.method,
         backbone,
@@ -290,9 +450,9 @@ def build_model(
         augmentation=in_model_augmentation(config, image_shape),
         preprocessing=preprocessing,
         temperature=config.temperature,
-        ema_decay=config.ema_decay,
+        ema_decay=schedule.ema_decay,
         consistency_weight=config.consistency_weight,
-        rampup_steps=int(round(config.rampup_epochs * steps_per_epoch)),
+        rampup_steps=schedule.rampup_steps,
         split_at=config.split_at,
         peer_initialization=config.peer_initialization,
         peer_perturbation=config.peer_perturbation,
@@ -300,8 +460,16 @@ def build_model(
 
 
 def compile_model(model, config, steps_per_epoch):
-    """The paper's optimiser: SGD with Nesterov momentum, step decay by 10."""
-    boundaries = [int(e * steps_per_epoch) for e in config.lr_decay_epochs]
+    """The paper's optimiser: SGD with Nesterov momentum, step decay by 10.
+
+    The drops are `run_schedule`'s: `config.lr_decay_fractions` of the run
+    (the paper's epochs 150 and 225 of 300), or `config.lr_decay_epochs`
+    (a drop at or after the last epoch warns).
+    """
+    schedule = run_schedule(config, steps_per_epoch)
+    if "lr_decay_epochs" in schedule.warnings:
+        warnings.warn(schedule.warnings["lr_decay_epochs"], stacklevel=2)
+    boundaries = list(schedule.lr_boundaries)
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         boundaries, [config.lr * 0.1**i for i in range(len(boundaries) + 1)]
     )

@@ -18,11 +18,13 @@ def test_imagenet_recipe_trains_a_step_on_mock_data(tmp_path):
         export_format="none",
         verbose=0,
     )
-    assert (config.epochs, config.lr_decay_epochs, config.weight_decay) == (
-        1,
-        (30, 60),
-        1e-4,
-    )
+    assert (config.epochs, config.weight_decay) == (1, 1e-4)
+    # The recipe's schedule as fractions of the run: at its 90 epochs the
+    # paper's drops at 30 and 60, here a third and two thirds of 1 epoch.
+    full = training.config.run_schedule(training.imagenet_config(), 10)
+    assert full.lr_decay_epochs == (30.0, 60.0) and full.rampup_epochs == 20.0
+    short = training.config.run_schedule(config, 300)
+    assert short.lr_boundaries == (100, 200) and short.warnings == {}
     with tfds.testing.mock_data(num_examples=4):
         result = training.train(config)
     assert result["final_step"] == 1
