@@ -211,6 +211,22 @@ def test_labels_out_of_range_in_the_pipeline_raise_before_training(monkeypatch):
         job.prepare_data(config)
 
 
+def test_steps_per_execution_must_divide_the_epoch(monkeypatch):
+    images = np.zeros((12, 8, 8, 3), "uint8")
+    labels = np.array([0, 1, 2] * 4, "int32")
+    monkeypatch.setattr(job, "load_data", lambda config: fake_splits(images, labels))
+    # 12 images of batch 2: 6 steps per epoch. 4 does not divide them.
+    config = training.TrainConfig(dataset="digits", batch_size=2, steps_per_execution=4)
+    with pytest.raises(ValueError, match=r"divide the 6 training steps.*\[3, 6\]"):
+        job.prepare_data(config)
+    for divisor in (1, 2, 3, 6):
+        config = dataclasses.replace(config, steps_per_execution=divisor)
+        assert job.prepare_data(config).steps_per_epoch == 6
+    # A cap on the steps of an epoch counts: 4 steps, 4 per execution.
+    config = dataclasses.replace(config, steps_per_execution=4, steps_per_epoch=4)
+    assert job.prepare_data(config).steps_per_epoch == 4
+
+
 def test_float_pixels_in_zero_one_in_the_pipeline_warn(monkeypatch):
     images = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
     labels = np.array([0, 1, 2, 0, 1, 2, 2, 0], "int32")

@@ -195,6 +195,7 @@ def prepare_data(config, distribution=None):
             "examples. Lower `batch_size` or use more data. "
             f"Received: batch_size={config.batch_size}"
         )
+    check_steps_per_execution(config.steps_per_execution, steps_per_epoch)
     images_spec = splits.train.element_spec[0]
     if isinstance(images_spec, tuple):  # Host-side views.
         images_spec = images_spec[0]
@@ -207,6 +208,46 @@ def prepare_data(config, distribution=None):
         validation=validation,
         imagenet=imagenet,
         label_counts=label_counts,
+    )
+
+
+def check_steps_per_execution(steps_per_execution, steps_per_epoch):
+    """Raises unless `steps_per_execution` divides the steps of an epoch.
+
+    Keras (3.15) runs whole executions: when `steps_per_execution` does not
+    divide `steps_per_epoch`, the last execution of an epoch takes its
+    missing batches from the next epoch, so every epoch after the first
+    trains on other batches than the user asked for (measured on JAX: the
+    epoch losses changed, with only Keras' "ran out of data" warning).
+
+    Args:
+        steps_per_execution: int >= 1, `compile`'s argument.
+        steps_per_epoch: int >= 1, the training steps of one epoch.
+
+    Raises:
+        ValueError: naming both numbers and the nearest values that divide.
+
+    Example:
+
+    >>> check_steps_per_execution(27, 351)
+    >>> check_steps_per_execution(64, 351)
+    Traceback (most recent call last):
+    ...
+    ValueError: `steps_per_execution` must divide the 351 training steps of an epoch ...
+    """
+    if steps_per_execution <= 1 or steps_per_epoch % steps_per_execution == 0:
+        return
+    divisors = [d for d in range(1, steps_per_epoch + 1) if steps_per_epoch % d == 0]
+    below = max(d for d in divisors if d < steps_per_execution)
+    above = [d for d in divisors if d > steps_per_execution]
+    choices = [below] + above[:1]
+    raise ValueError(
+        f"`steps_per_execution` must divide the {steps_per_epoch} training "
+        "steps of an epoch: otherwise the last execution of every epoch runs "
+        "into the next epoch's batches and the run trains on other data than "
+        f"asked for. Pass one of {choices} (divisors of {steps_per_epoch}), "
+        "or set `steps_per_epoch` to a multiple of it. Received: "
+        f"steps_per_execution={steps_per_execution}"
     )
 
 
