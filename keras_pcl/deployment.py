@@ -9,6 +9,8 @@ deploy, which one `call` and `predict` use, the best peer that
 """
 
 import collections
+import json
+import os
 
 import keras
 
@@ -17,6 +19,31 @@ from keras_pcl.validation import raise_invalid
 
 class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
     """The best peer so far: index, 0-based epoch, monitored score."""
+
+
+# The file (in a `.keras` archive, a SavedModel's `assets.extra/`) and the
+# ONNX metadata key that hold the class names.
+CLASS_NAMES_FILE = "class_names.json"
+
+
+def check_class_names(names, num_classes):
+    """`names` as a tuple of `num_classes` distinct strings (None: None).
+
+    Raises:
+        ValueError: not a list of distinct strings, one per class.
+    """
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise_invalid("class_names", names, "a list of str, one per class, or None")
+    names = tuple(names)
+    if len(names) != num_classes or len(set(names)) != len(names):
+        raise_invalid(
+            "class_names",
+            names,
+            f"{num_classes} distinct names, one per class (num_classes={num_classes})",
+        )
+    return names
 
 
 def resolve_peer(model, peer):
@@ -75,6 +102,35 @@ class PeerDeployment:
         self._best_peer_score = self._add_record_variable(
             "best_peer_score", "float32", float("-inf")
         )
+
+    @property
+    def class_names(self):
+        """The class names, label `i` being `class_names[i]`; None if unknown.
+
+        `keras_pcl.training.train` sets them from the dataset; set them
+        yourself after building a model (`model.class_names = names`). They
+        are saved with the model (`.keras`) and `export_peer` writes them
+        into every export (see `keras_pcl.export`), so that `keras-pcl
+        evaluate` refuses a dataset whose classes are other ones.
+        """
+        return getattr(self, "_class_names", None)
+
+    @class_names.setter
+    def class_names(self, names):
+        self._class_names = check_class_names(names, self.num_classes)
+
+    def save_assets(self, dir_path):
+        """Writes `class_names.json` (Keras' `.keras` saving calls this)."""
+        if self.class_names is not None:
+            with open(os.path.join(dir_path, CLASS_NAMES_FILE), "w") as f:
+                json.dump(list(self.class_names), f)
+
+    def load_assets(self, dir_path):
+        """Reads `class_names.json` back (absent: names unknown)."""
+        path = os.path.join(dir_path, CLASS_NAMES_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.class_names = json.load(f)
 
     @property
     def deployable_peers(self):
@@ -141,6 +197,7 @@ class PeerDeployment:
         format="tf_saved_model",
         overwrite=False,
         verbose=False,
+        class_names=None,
     ):
         """Writes one peer as a standalone network for serving.
 
@@ -157,6 +214,8 @@ class PeerDeployment:
             format: `"keras"`, `"tf_saved_model"`, `"onnx"` or `"tflite"`.
             overwrite: replace an existing `filepath`.
             verbose: let Keras print what it writes.
+            class_names: written into the export (default:
+                `self.class_names`; see `keras_pcl.export.write_class_names`).
 
         Returns:
             The exported `keras.Model`.
@@ -178,6 +237,7 @@ class PeerDeployment:
             format=format,
             overwrite=overwrite,
             verbose=verbose,
+            class_names=class_names,
         )
 
     def get_peer(self, index, mean_teacher=None):

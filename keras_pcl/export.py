@@ -31,6 +31,7 @@ import os
 import keras
 import numpy as np
 
+from keras_pcl.deployment import check_class_names
 from keras_pcl.deployment import resolve_peer
 
 FORMATS = ("keras", "tf_saved_model", "onnx", "tflite")
@@ -133,6 +134,7 @@ def export_peer(
     format="tf_saved_model",
     overwrite=False,
     verbose=False,
+    class_names=None,
 ):
     """Writes one peer of `model` as a standalone, servable network.
 
@@ -151,6 +153,9 @@ def export_peer(
         format: one of `"keras"`, `"tf_saved_model"`, `"onnx"`, `"tflite"`.
         overwrite: replace an existing `filepath`. Defaults to False.
         verbose: let Keras print what it writes.
+        class_names: the names of the classes, written into the export (see
+            `write_class_names`). Defaults to `model.class_names` (set by
+            `keras_pcl.training.train`); None there: none written.
 
     Returns:
         The exported network as a `keras.Model` (for `"keras"`, the plain
@@ -202,9 +207,13 @@ def export_peer(
             f"or choose another path. Received: filepath={filepath!r}"
         )
     index = resolve_peer(model, peer)
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
+    class_names = check_class_names(class_names, model.num_classes)
     network = model.get_peer(index, mean_teacher=mean_teacher)
     if format == "keras":
         network.save(filepath, overwrite=True)
+        write_class_names(filepath, class_names)
         return network
 
     serving = serving_model(network)
@@ -229,7 +238,84 @@ def export_peer(
             input_signature=[input_spec],
             verbose=verbose,
         )
+    write_class_names(filepath, class_names)
     return serving
+
+
+def write_class_names(path, class_names):
+    """Writes `class_names` into the exported network at `path`.
+
+    Where each format keeps them (`read_class_names` reads them back):
+
+    * `.keras`: a `class_names.json` entry of the archive (the full PCL
+      model keeps them in its own assets, `model.class_names`);
+    * SavedModel: `assets.extra/class_names.json` (files TensorFlow does
+      not load);
+    * `.onnx`: the model's `metadata_props`, key `class_names` (JSON);
+    * `.tflite`: not written (LiteRT metadata needs `tflite_support`).
+
+    `class_names=None` writes nothing. Returns whether names were written.
+    """
+    import json
+    import zipfile
+
+    from keras_pcl.deployment import CLASS_NAMES_FILE
+
+    if class_names is None:
+        return False
+    text = json.dumps(list(class_names))
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        extra = os.path.join(path, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, CLASS_NAMES_FILE), "w") as f:
+            f.write(text)
+    elif path.endswith(".keras"):
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(CLASS_NAMES_FILE, text)
+    elif path.endswith(".onnx"):
+        import onnx
+
+        onnx_model = onnx.load(path)
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = "class_names", text
+        onnx.save(onnx_model, path)
+    else:
+        return False
+    return True
+
+
+def read_class_names(path):
+    """The class names an exported network carries (a tuple), or None.
+
+    Reads what `write_class_names` writes (and a full `.keras` model's
+    own). None for a network without them: an export of an older version,
+    a `.tflite` file, a network saved by hand.
+    """
+    import json
+    import zipfile
+
+    from keras_pcl.deployment import CLASS_NAMES_FILE
+
+    path = os.fspath(path)
+    text = None
+    if os.path.isdir(path):
+        file = os.path.join(path, "assets.extra", CLASS_NAMES_FILE)
+        if os.path.isfile(file):
+            with open(file) as f:
+                text = f.read()
+    elif path.endswith(".keras") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for name in (CLASS_NAMES_FILE, f"assets/{CLASS_NAMES_FILE}"):
+                if name in archive.namelist():
+                    text = archive.read(name).decode()
+                    break
+    elif path.endswith(".onnx"):
+        import onnx
+
+        props = onnx.load(path, load_external_data=False).metadata_props
+        text = next((p.value for p in props if p.key == "class_names"), None)
+    return None if text is None else tuple(json.loads(text))
 
 
 def _write_saved_model(serving, filepath, input_spec, verbose):

@@ -34,6 +34,8 @@ class Network:
             file does not say).
         description: what it is, for the report.
         model: the PCL or baseline model of a `.keras` checkpoint, or None.
+        class_names: the names of its classes, as the file records them
+            (`keras_pcl.export.read_class_names`), or None where it does not.
     """
 
     predict: object
@@ -41,6 +43,7 @@ class Network:
     image_shape: tuple
     description: str
     model: object = None
+    class_names: tuple = None
 
 
 def network_format(path):
@@ -82,6 +85,8 @@ def load_network(path):
             that does not load as its format says.
         ImportError: ONNX Runtime is missing for a `.onnx` file.
     """
+    from keras_pcl.export import read_class_names
+
     path = os.fspath(path)
     format = network_format(path)
     loader = {
@@ -89,7 +94,10 @@ def load_network(path):
         "tf_saved_model": _load_saved_model,
         "onnx": _load_onnx,
     }[format]
-    return loader(path)
+    network = loader(path)
+    if network.class_names is None:
+        network.class_names = read_class_names(path)
+    return network
 
 
 def _load_keras(path):
@@ -125,6 +133,7 @@ def _load_keras(path):
         image_shape=tuple(model.inputs[0].shape[1:]),
         description=name,
         model=checkpoint,
+        class_names=None if checkpoint is None else checkpoint.class_names,
     )
 
 
@@ -322,7 +331,12 @@ def _resized(examples, image_shape):
 
 
 def check_compatible(network, data, dataset):
-    """Raises a `ValueError` unless `network` can score `data`'s classes."""
+    """Raises a `ValueError` unless `network` can score `data`'s classes.
+
+    Also when the network records its class names (`Network.class_names`)
+    and `data`'s differ (other names, or another order: label `i` would
+    mean another class); warns when it records none.
+    """
     if network.num_classes != len(data.class_names):
         names = ", ".join(data.class_names[:5])
         more = ", ..." if len(data.class_names) > 5 else ""
@@ -332,12 +346,40 @@ def check_compatible(network, data, dataset):
             "it on data with the classes it was trained on (the same class "
             f"sub-folders). Received: dataset={dataset!r}"
         )
+    check_class_names_match(network, data, dataset)
     channels = data.batches.element_spec[0].shape[-1]
     if network.image_shape and network.image_shape[-1] not in (None, channels):
         raise ValueError(
             f"The network takes {network.image_shape[-1]}-channel images, and "
             f"{data.name} has {channels}-channel ones. "
             f"Received: dataset={dataset!r}"
+        )
+
+
+def check_class_names_match(network, data, dataset):
+    """Raises if `network`'s class names are not `data`'s; warns if unknown."""
+    import warnings
+
+    expected, found = network.class_names, tuple(data.class_names)
+    if expected is None:
+        warnings.warn(
+            f"{network.description} does not record its class names (an "
+            "export written before keras-pcl recorded them, a .tflite file "
+            f"or a network saved by hand): nothing checks that {data.name}'s classes "
+            f"{list(found)} are the ones it was trained on, in that order. "
+            "A wrong folder scores near chance. Re-export it with "
+            "`keras-pcl export` from the training checkpoint to record them.",
+            stacklevel=3,
+        )
+        return
+    if expected != found:
+        same = set(expected) == set(found)
+        order = " (the same names in another order)" if same else ""
+        raise ValueError(
+            f"The network was trained on the classes {list(expected)}, and "
+            f"{data.name} has {list(found)}{order}: label i would mean another "
+            "class. Score it on data with the class sub-folders it was "
+            f"trained on. Received: dataset={dataset!r}"
         )
 
 

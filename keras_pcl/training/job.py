@@ -91,6 +91,7 @@ def train(config, callbacks=()):
                 backbone=backbone,
             )
             compile_model(model, config, run.steps_per_epoch)
+        model.class_names = run.splits.class_names  # Saved and exported.
         paths = workdir_paths(config)
         writer = distribution.is_writer
         backup = backup_callback(paths["backup"], config.save_freq, writer=writer)
