@@ -18,7 +18,7 @@ from keras_pcl.validation import raise_invalid
 
 
 class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
-    """The best peer so far: index, 0-based epoch, monitored score."""
+    """The best peer so far: index, epoch (1-based, as Keras' logs), score."""
 
 
 # The file (in a `.keras` archive, a SavedModel's `assets.extra/`) and the
@@ -163,8 +163,9 @@ class PeerDeployment:
     def best_peer(self):
         """The best peer recorded by `BestPeerTracker`, or None.
 
-        A `BestPeer(peer, epoch, score)` tuple: the peer index, the (0-based)
-        epoch and the monitored validation accuracy. It is part of the
+        A `BestPeer(peer, epoch, score)` tuple: the peer index, the epoch
+        (1-based, as in Keras' logs and `BestPeerTracker`'s line "Epoch 3:
+        best peer is ...") and the monitored validation accuracy. It is part of the
         model's weights, so it survives `save`/`load_model` and
         `BackupAndRestore`.
         """
@@ -173,7 +174,8 @@ class PeerDeployment:
             return None
         return BestPeer(
             peer=peer,
-            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)),
+            # Stored 0-based (as `on_epoch_end` counts), shown 1-based.
+            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)) + 1,
             score=float(keras.ops.convert_to_numpy(self._best_peer_score.value)),
         )
 
@@ -181,7 +183,8 @@ class PeerDeployment:
         """Records `peer` as the best and makes it the `deploy_peer`.
 
         Called by `keras_pcl.callbacks.BestPeerTracker`; not part of a
-        training step.
+        training step. `epoch` is the 0-based index that Keras passes to
+        `on_epoch_end`; `best_peer.epoch` reads it back 1-based.
         """
         self._check_peer_index(peer, "peer", deployable=True)
         self._best_peer_index.assign(peer)

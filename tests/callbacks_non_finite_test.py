@@ -1,7 +1,9 @@
 """`keras_pcl.callbacks.TerminateOnNonFinite` and the `all_finite` log."""
 
+import json
 import os
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import keras_pcl
 from keras_pcl.callbacks import NonFiniteError
 from keras_pcl.callbacks import TerminateOnNonFinite
 from keras_pcl.training import resume
+from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import tiny_backbone
 
@@ -128,3 +131,58 @@ def test_the_training_recipe_stops_on_non_finite_first(tmp_path):
 def test_raise_error_must_be_a_bool():
     with pytest.raises(ValueError, match="raise_error"):
         TerminateOnNonFinite(raise_error="yes")
+
+
+class PoisonAWeight(keras.callbacks.Callback):
+    """Turns one weight NaN after `step`, as a diverging update would."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if steps_done(self.model) == self.step:
+            variable = self.model.trainable_variables[0]
+            variable.assign(keras.ops.full(variable.shape, float("nan")))
+
+
+@torch_only_in_ci  # `train`'s callbacks, the same on every backend (ci_budget).
+def test_the_recipe_stops_and_keeps_the_last_good_backup(tmp_path):
+    from keras_pcl import training
+    from tests.examples.quickstart_test import write_image_folder
+
+    data = str(tmp_path / "images")
+    write_image_folder(data, classes=3, per_class=4, size=8)
+    config = training.TrainConfig(
+        dataset=data,
+        backbone="resnet8",
+        num_peers=2,
+        epochs=3,
+        batch_size=4,
+        lr_decay_epochs=(3,),
+        rampup_epochs=1.0,
+        validation_split=0.25,
+        workdir=str(tmp_path / "run"),
+        export_format="none",
+        steps_per_epoch=2,
+        verbose=0,
+    )
+    # Poisoned after step 3 (mid epoch 2): step 4 sees it, before its backup.
+    with pytest.raises(NonFiniteError, match="after step 4"):
+        training.train(config, callbacks=[PoisonAWeight(3)])
+    backup = os.path.join(config.workdir, "backup", "latest.weights.h5")
+    with h5py.File(backup, "r") as f:
+        arrays = []
+        f.visititems(
+            lambda name, item: (
+                arrays.append(np.asarray(item[()]))
+                if isinstance(item, h5py.Dataset)
+                else None
+            )
+        )
+    floats = [a for a in arrays if np.issubdtype(a.dtype, np.floating)]
+    assert len(floats) > 50
+    # Every one finite, the best-peer score too (epoch 1 recorded one).
+    assert all(np.isfinite(a).all() for a in floats)
+    with open(os.path.join(config.workdir, "backup", "training_metadata.json")) as f:
+        assert json.load(f)["epoch"] == 1  # The end of epoch 1 (step 2).

@@ -176,3 +176,22 @@ def test_a_rerun_says_where_it_resumes_and_warns_before_overwriting(tmp_path, ca
     shutil.rmtree(os.path.join(str(workdir), "backup"))
     with pytest.warns(UserWarning, match="best_peer.keras, pcl.keras"):
         training.train(tiny_config(data, workdir, epochs=2))
+
+
+@torch_only_in_ci  # File-system checks before any backend work.
+def test_a_workdir_that_cannot_be_written_is_refused_before_training(
+    tmp_path, monkeypatch
+):
+    from keras_pcl import cli
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    workdir = str(a_file / "run")
+    loaded = []
+    monkeypatch.setattr(training.job, "load_data", lambda *a: loaded.append(a))
+    with pytest.raises(ValueError) as error:
+        training.train(training.TrainConfig(dataset="digits", workdir=workdir))
+    assert "`workdir` cannot be written: Not a directory" in str(error.value)
+    assert f"Received: workdir={workdir!r}" in str(error.value)
+    assert loaded == []  # Before any data or training.
+    assert cli.main(["train", "--dataset=digits", f"--workdir={workdir}"]) == 1

@@ -100,12 +100,45 @@ def load_network(path):
     return network
 
 
+def check_keras_archive(path, name="network"):
+    """Raises a `ValueError` saying what `path` is, unless a `.keras` zip.
+
+    Keras reports any file that is not a zip archive as "File not found";
+    this names what it is instead (empty, HDF5, a damaged zip, ...).
+    """
+    import zipfile
+
+    path = os.fspath(path)
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = os.path.getsize(path)
+    if not size:
+        what = "an empty file (0 bytes; a copy or a save that did not finish?)"
+    elif head.startswith(b"\x89HDF"):
+        what = (
+            "an HDF5 file (a legacy Keras `.h5` model or a `.weights.h5` "
+            "file renamed?): load a model with `keras.saving.load_model` "
+            "under its .h5 name, weights with `model.load_weights`"
+        )
+    elif head.startswith(b"PK"):
+        what = f"a damaged zip archive ({size} bytes; truncated while written?)"
+    else:
+        what = f"not a zip archive ({size} bytes, beginning {head!r})"
+    raise ValueError(
+        f"`{name}` is not a Keras model file: a .keras file is a zip "
+        f"archive, and {path!r} is {what}. Received: {name}={path!r}"
+    )
+
+
 def _load_keras(path):
     import keras
 
     from keras_pcl.deployment import resolve_peer
     from keras_pcl.multi_branch import MultiBranchModel
 
+    check_keras_archive(path)
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises several types for bad files.

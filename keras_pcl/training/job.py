@@ -31,6 +31,7 @@ from keras_pcl.training.resume import backup_callback
 from keras_pcl.training.resume import check_workdir_config
 from keras_pcl.training.resume import describe_resume
 from keras_pcl.training.resume import fit_plan
+from keras_pcl.training.resume import prepare_workdir
 from keras_pcl.training.resume import restore_step
 
 
@@ -75,7 +76,7 @@ def train(config, callbacks=()):
     """
     config.validate()
     cluster.initialize(cluster.cluster_from_config(config))
-    os.makedirs(config.workdir, exist_ok=True)
+    prepare_workdir(config.workdir)  # Raises at once if it cannot be written.
     check_workdir_config(config, writer=cluster.is_writer())
     with global_state_restored():
         distribution = set_up_process(config)
@@ -464,7 +465,7 @@ def export_deployed_peer(model, config, path, write=True):
     if model.best_peer is not None:
         peer = "best"
         reason = (
-            f"best validation accuracy (epoch {model.best_peer.epoch + 1}), "
+            f"best validation accuracy (epoch {model.best_peer.epoch}), "
             "recorded by BestPeerTracker"
         )
     else:

@@ -271,6 +271,32 @@ def fit_plan(initial_step, steps_per_epoch, epochs):
     return fits
 
 
+def prepare_workdir(workdir):
+    """Creates `workdir` and checks that a file can be written in it.
+
+    Before any data is read or a step is trained, so that a path that
+    cannot be written (a file, a read-only mount, no permission) stops the
+    run at once, named.
+
+    Raises:
+        ValueError: `workdir` cannot be created or written.
+    """
+    probe = os.path.join(os.fspath(workdir), f".write_test.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        where = f" ({error.filename})" if error.filename else ""
+        raise ValueError(
+            f"`workdir` cannot be written: {reason}{where}. Pass a --workdir "
+            "in a folder you can write to (it is created if missing). "
+            f"Received: workdir={workdir!r}"
+        ) from None
+
+
 def check_workdir_config(config, writer=True):
     """Writes `config.json` in the workdir, refusing another run's backup.
 
