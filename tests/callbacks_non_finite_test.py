@@ -79,6 +79,7 @@ def test_steps_per_execution_still_sees_a_nan_inside_an_execution():
     assert steps_done(model) == 3  # the end of that execution
 
 
+@torch_only_in_ci  # The callback's Python on the flag tested above (ci_budget).
 def test_graceful_mode_sets_stop_training(capsys):
     model = make_model()
     x, y = data_with_a_nan_pixel(batch_index=1)
@@ -102,6 +103,7 @@ def test_the_last_good_backup_survives_a_nan(tmp_path):
     assert int(keras.ops.convert_to_numpy(restored.step_counter.value)) in (2, 3)
 
 
+@torch_only_in_ci  # A host-side check of the weights: the same everywhere.
 def test_the_backup_itself_refuses_to_write_non_finite_weights(tmp_path):
     # Without the stop (or with it after the backup): the backup raises.
     model = make_model()
