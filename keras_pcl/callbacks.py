@@ -1,4 +1,4 @@
-"""Callbacks for `PeerCollaborativeModel`."""
+"""Callbacks for `PeerCollaborativeModel`: the best peer, a stop on NaN."""
 
 import os
 import warnings
@@ -161,3 +161,112 @@ class BestPeerTracker(keras.callbacks.Callback):
                 format=self.export_format,
                 overwrite=True,
             )
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or Inf loss or weight (`TerminateOnNonFinite`)."""
+
+
+def non_finite_weights(model):
+    """The paths of `model`'s float weights that hold a NaN or Inf.
+
+    A host-side check (it reads every weight): for the end of a run or a
+    backup, not for every step (see `TerminateOnNonFinite`).
+    """
+    return [
+        variable.path
+        for variable in _finite_weights(model)
+        if not np.isfinite(keras.ops.convert_to_numpy(variable.value)).all()
+    ]
+
+
+def _finite_weights(model):
+    if hasattr(model, "_finite_weights"):  # keras-pcl's models.
+        return model._finite_weights()
+    return [v for v in model.weights if "float" in str(v.dtype)]
+
+
+def non_finite_message(model, what):
+    """The message of a `NonFiniteError`: where, which weights, what to do."""
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    bad = non_finite_weights(model)
+    total = len(_finite_weights(model))
+    weights = (
+        f"{len(bad)} of {total} weight variables are NaN or Inf (e.g. "
+        f"{', '.join(bad[:3])})"
+        if bad
+        else "every weight is still finite"
+    )
+    return (
+        f"Training stopped after step {step}: {what}; {weights}. Earlier "
+        "backups and saved peers are kept as they were. Usual causes: a NaN "
+        "or Inf in the input images (check `np.isfinite(images).all()`), a "
+        "learning rate too high for this model (lower `lr`), or float16 "
+        "overflowing without loss scaling."
+    )
+
+
+class TerminateOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """Stops training at a NaN or Inf loss or weight, on every backend.
+
+    `keras.callbacks.TerminateOnNaN` reads the loss only, and a NaN can
+    reach the weights while the loss stays finite (on JAX under jit, one
+    NaN pixel leaves the loss finite and turns dozens of weights NaN). The
+    models of keras-pcl log `all_finite` (1 while the loss and every weight
+    are finite; computed inside the compiled step, no per-step Python or
+    host round trip); this callback stops when the loss, `all_finite`, or
+    their `val_` versions say otherwise, at the end of every batch
+    (execution, with `steps_per_execution > 1`: `all_finite` is an epoch
+    mean, so a step inside the execution counts too) and of every epoch.
+
+    By default it raises a `NonFiniteError` that names the step and the
+    non-finite weights: the callbacks after it in the list do not run, so a
+    `BackupAndRestore` or `BestPeerTracker` placed after it does not save
+    the non-finite weights over the last good ones. Put it first.
+
+    Args:
+        raise_error: raise `NonFiniteError` (default) or, if False, print the
+            message and set `model.stop_training` as `TerminateOnNaN` does
+            (Keras then still runs the epoch's end: validation and
+            `on_epoch_end` of the other callbacks).
+
+    Example:
+
+    ```python
+    model.fit(
+        x, y, validation_data=(x_val, y_val), epochs=300,
+        callbacks=[
+            keras_pcl.callbacks.TerminateOnNonFinite(),  # first
+            keras_pcl.callbacks.BestPeerTracker(filepath="best.keras"),
+            keras.callbacks.BackupAndRestore("backup"),
+        ],
+    )
+    ```
+    """
+
+    def __init__(self, raise_error=True):
+        check(isinstance(raise_error, bool), "raise_error", raise_error, "a bool")
+        super().__init__(raise_error=raise_error)
+
+    def on_batch_end(self, batch, logs=None):
+        self._check(logs, f"batch {batch}", prefix="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, f"epoch {epoch + 1}", prefix="val_")
+        self._check(logs, f"epoch {epoch + 1}", prefix="")
+
+    def _check(self, logs, where, prefix):
+        logs = logs or {}
+        loss, finite = logs.get(f"{prefix}loss"), logs.get(f"{prefix}all_finite")
+        if loss is not None and not np.isfinite(loss):
+            what = f"the {prefix}loss of {where} is {float(loss)}"
+        elif finite is not None and float(finite) < 1:
+            stage = "validation" if prefix else "training"
+            what = f"{stage} met a NaN or Inf weight or loss by {where}"
+        else:
+            return
+        message = non_finite_message(self.model, what)
+        if self.raise_error:
+            raise NonFiniteError(message)
+        print(message, flush=True)
+        self.model.stop_training = True

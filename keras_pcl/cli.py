@@ -311,7 +311,10 @@ def run_export(args):
             ) from None
     import keras
 
+    from keras_pcl.training.evaluation import check_keras_archive
+
     try:
+        check_keras_archive(args.checkpoint, "checkpoint")
         model = keras.saving.load_model(args.checkpoint)
     except Exception as error:  # Keras raises several types for bad files.
         raise CommandError(
@@ -436,9 +439,11 @@ def run_train(args):
     }
     if isinstance(args.num_peers, int) and args.num_peers >= 1:
         configure_process(process.parallel_branches(args.method, args.num_peers))
+    from keras_pcl.callbacks import NonFiniteError
+
     try:
         result = training.train(training.TrainConfig(**values))
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, NonFiniteError) as error:
         raise CommandError(_first_line(error)) from None
     print(f"Best peer: {result['best_peer']}")
     print(f"Final model ({values['method']}): {result['paths']['model']}")

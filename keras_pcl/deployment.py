@@ -9,15 +9,23 @@ deploy, which one `call` and `predict` use, the best peer that
 """
 
 import collections
+import json
+import os
 
 import keras
 
+from keras_pcl.export import CLASS_NAMES_FILE
 from keras_pcl.export import export_peer as _export_peer
+from keras_pcl.validation import check_class_names
 from keras_pcl.validation import raise_invalid
 
 
 class BestPeer(collections.namedtuple("BestPeer", ["peer", "epoch", "score"])):
-    """The best peer so far: index, 0-based epoch, monitored score."""
+    """The best peer so far: index, epoch (1-based, as Keras' logs), score."""
+
+
+# The file (in a `.keras` archive, a SavedModel's `assets.extra/`) and the
+# ONNX metadata key that hold the class names.
 
 
 def resolve_peer(model, peer):
@@ -78,6 +86,35 @@ class PeerDeployment:
         )
 
     @property
+    def class_names(self):
+        """The class names, label `i` being `class_names[i]`; None if unknown.
+
+        `keras_pcl.training.train` sets them from the dataset; set them
+        yourself after building a model (`model.class_names = names`). They
+        are saved with the model (`.keras`) and `export_peer` writes them
+        into every export (see `keras_pcl.export`), so that `keras-pcl
+        evaluate` refuses a dataset whose classes are other ones.
+        """
+        return getattr(self, "_class_names", None)
+
+    @class_names.setter
+    def class_names(self, names):
+        self._class_names = check_class_names(names, self.num_classes)
+
+    def save_assets(self, dir_path):
+        """Writes `class_names.json` (Keras' `.keras` saving calls this)."""
+        if self.class_names is not None:
+            with open(os.path.join(dir_path, CLASS_NAMES_FILE), "w") as f:
+                json.dump(list(self.class_names), f)
+
+    def load_assets(self, dir_path):
+        """Reads `class_names.json` back (absent: names unknown)."""
+        path = os.path.join(dir_path, CLASS_NAMES_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.class_names = json.load(f)
+
+    @property
     def deployable_peers(self):
         """The peer indices this method may deploy, as a tuple.
 
@@ -108,8 +145,9 @@ class PeerDeployment:
     def best_peer(self):
         """The best peer recorded by `BestPeerTracker`, or None.
 
-        A `BestPeer(peer, epoch, score)` tuple: the peer index, the (0-based)
-        epoch and the monitored validation accuracy. It is part of the
+        A `BestPeer(peer, epoch, score)` tuple: the peer index, the epoch
+        (1-based, as in Keras' logs and `BestPeerTracker`'s line "Epoch 3:
+        best peer is ...") and the monitored validation accuracy. It is part of the
         model's weights, so it survives `save`/`load_model` and
         `BackupAndRestore`.
         """
@@ -118,7 +156,8 @@ class PeerDeployment:
             return None
         return BestPeer(
             peer=peer,
-            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)),
+            # Stored 0-based (as `on_epoch_end` counts), shown 1-based.
+            epoch=int(keras.ops.convert_to_numpy(self._best_peer_epoch.value)) + 1,
             score=float(keras.ops.convert_to_numpy(self._best_peer_score.value)),
         )
 
@@ -126,7 +165,8 @@ class PeerDeployment:
         """Records `peer` as the best and makes it the `deploy_peer`.
 
         Called by `keras_pcl.callbacks.BestPeerTracker`; not part of a
-        training step.
+        training step. `epoch` is the 0-based index that Keras passes to
+        `on_epoch_end`; `best_peer.epoch` reads it back 1-based.
         """
         self._check_peer_index(peer, "peer", deployable=True)
         self._best_peer_index.assign(peer)
@@ -142,6 +182,7 @@ class PeerDeployment:
         format=None,
         overwrite=False,
         verbose=False,
+        class_names=None,
     ):
         """Writes one peer as a standalone network for serving.
 
@@ -160,6 +201,8 @@ class PeerDeployment:
                 without `.keras`, `.onnx` or `.tflite` is a SavedModel).
             overwrite: replace an existing `filepath`.
             verbose: let Keras print what it writes.
+            class_names: written into the export (default:
+                `self.class_names`; see `keras_pcl.export.write_class_names`).
 
         Returns:
             The exported `keras.Model`.
@@ -179,6 +222,7 @@ class PeerDeployment:
             format=format,
             overwrite=overwrite,
             verbose=verbose,
+            class_names=class_names,
         )
 
     def get_peer(self, index, mean_teacher=None):

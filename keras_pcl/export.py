@@ -34,6 +34,12 @@ import os
 import keras
 import numpy as np
 
+from keras_pcl.validation import check_class_names
+
+# The class names in an exported `.keras` archive, a SavedModel's
+# `assets.extra/` and a PCL `.keras` checkpoint's assets.
+CLASS_NAMES_FILE = "class_names.json"
+
 FORMATS = ("keras", "tf_saved_model", "onnx", "tflite")
 
 # Backends on which Keras (3.15) writes each format with the `export` extra.
@@ -192,6 +198,7 @@ def export_peer(
     format=None,
     overwrite=False,
     verbose=False,
+    class_names=None,
 ):
     """Writes one peer of `model` as a standalone, servable network.
 
@@ -214,6 +221,9 @@ def export_peer(
             raises.
         overwrite: replace an existing `filepath`. Defaults to False.
         verbose: let Keras print what it writes.
+        class_names: the names of the classes, written into the export (see
+            `write_class_names`). Defaults to `model.class_names` (set by
+            `keras_pcl.training.train`); None there: none written.
 
     Returns:
         The exported network as a `keras.Model` (for `"keras"`, the plain
@@ -257,9 +267,13 @@ def export_peer(
             f"or choose another path. Received: filepath={filepath!r}"
         )
     index = model.resolve_peer(peer)  # `keras_pcl.deployment.resolve_peer`
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
+    class_names = check_class_names(class_names, model.num_classes)
     network = model.get_peer(index, mean_teacher=mean_teacher)
     if format == "keras":
         network.save(filepath, overwrite=True)
+        write_class_names(filepath, class_names)
         return network
 
     serving = serving_model(network)
@@ -279,7 +293,80 @@ def export_peer(
         _name_onnx_inputs_and_outputs(filepath, serving)
     else:
         _write_tflite(serving, filepath, input_spec)
+    write_class_names(filepath, class_names)
     return serving
+
+
+def write_class_names(path, class_names):
+    """Writes `class_names` into the exported network at `path`.
+
+    Where each format keeps them (`read_class_names` reads them back):
+
+    * `.keras`: a `class_names.json` entry of the archive (the full PCL
+      model keeps them in its own assets, `model.class_names`);
+    * SavedModel: `assets.extra/class_names.json` (files TensorFlow does
+      not load);
+    * `.onnx`: the model's `metadata_props`, key `class_names` (JSON);
+    * `.tflite`: not written (LiteRT metadata needs `tflite_support`).
+
+    `class_names=None` writes nothing. Returns whether names were written.
+    """
+    import json
+    import zipfile
+
+    if class_names is None:
+        return False
+    text = json.dumps(list(class_names))
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        extra = os.path.join(path, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, CLASS_NAMES_FILE), "w") as f:
+            f.write(text)
+    elif path.endswith(".keras"):
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(CLASS_NAMES_FILE, text)
+    elif path.endswith(".onnx"):
+        import onnx
+
+        onnx_model = onnx.load(path)
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = "class_names", text
+        onnx.save(onnx_model, path)
+    else:
+        return False
+    return True
+
+
+def read_class_names(path):
+    """The class names an exported network carries (a tuple), or None.
+
+    Reads what `write_class_names` writes (and a full `.keras` model's
+    own). None for a network without them: an export of an older version,
+    a `.tflite` file, a network saved by hand.
+    """
+    import json
+    import zipfile
+
+    path = os.fspath(path)
+    text = None
+    if os.path.isdir(path):
+        file = os.path.join(path, "assets.extra", CLASS_NAMES_FILE)
+        if os.path.isfile(file):
+            with open(file) as f:
+                text = f.read()
+    elif path.endswith(".keras") and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for name in (CLASS_NAMES_FILE, f"assets/{CLASS_NAMES_FILE}"):
+                if name in archive.namelist():
+                    text = archive.read(name).decode()
+                    break
+    elif path.endswith(".onnx"):
+        import onnx
+
+        props = onnx.load(path, load_external_data=False).metadata_props
+        text = next((p.value for p in props if p.key == "class_names"), None)
+    return None if text is None else tuple(json.loads(text))
 
 
 def _write_saved_model(serving, filepath, input_spec, verbose):

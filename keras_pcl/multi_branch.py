@@ -338,6 +338,10 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy")
             for name in self._accuracy_names()
         ]
+        # 1 while the loss and every weight are finite (its epoch mean drops
+        # below 1 from the first step that is not): what
+        # `keras_pcl.callbacks.TerminateOnNonFinite` stops on.
+        self.finite_tracker = keras.metrics.Mean(name="all_finite")
 
     # ------------------------------------------------------------------
     # What a method defines
@@ -669,6 +673,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             extra = _compat.aggregate_additional_loss(self, extra)
             loss = loss + ops.cast(extra, "float32")
 
+        self.finite_tracker.update_state(self._all_finite(loss))
         labels, sparse = standardize_labels(y, self.num_classes)
         # Each term is a mean over the batch: weighted by the batch size, as
         # Keras weights its `loss` tracker, so that an epoch's `ce` (and
@@ -687,6 +692,28 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         ):
             metric.update_state(labels, logits)
         return loss
+
+    def _all_finite(self, loss):
+        """1.0 if `loss` and every float weight are finite, else 0.0.
+
+        Part of the compiled step: one sum per weight (a NaN or Inf makes
+        it non-finite), no gradient, no host round trip. The weights are
+        those the step starts from, so a step whose update makes them
+        non-finite shows in the next step (or in validation).
+        """
+        sums = [ops.cast(ops.reshape(loss, ()), "float32")]
+        for variable in self._finite_weights():
+            value = ops.stop_gradient(variable.value)
+            sums.append(ops.cast(ops.sum(value), "float32"))
+        return ops.cast(ops.all(ops.isfinite(ops.stack(sums))), "float32")
+
+    def _finite_weights(self):
+        """The float weights that must stay finite (not the -inf best score)."""
+        return [
+            v
+            for v in self.weights
+            if "float" in str(v.dtype) and v is not self._best_peer_score
+        ]
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # The built-in accuracies are updated in `compute_loss`, where every

@@ -81,3 +81,23 @@ def check_choice(name, value, choices):
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3)
     hint = f"Did you mean {close[0]!r}?" if close else ""
     raise_invalid(name, value, f"one of {list(choices)}", hint)
+
+
+def check_class_names(names, num_classes):
+    """`names` as a tuple of `num_classes` distinct strings (None: None).
+
+    Raises:
+        ValueError: not a list of distinct strings, one per class.
+    """
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise_invalid("class_names", names, "a list of str, one per class, or None")
+    names = tuple(names)
+    if len(names) != num_classes or len(set(names)) != len(names):
+        raise_invalid(
+            "class_names",
+            names,
+            f"{num_classes} distinct names, one per class (num_classes={num_classes})",
+        )
+    return names

@@ -47,9 +47,19 @@ def test_keeps_the_best_peer_and_deploys_it():
         ],
     )
     assert model.best_peer.peer == 0
-    assert model.best_peer.epoch == 2
+    assert model.best_peer.epoch == 3  # 1-based: the third epoch
     assert model.best_peer.score == pytest.approx(0.70)
     assert model.deploy_peer == 0
+
+
+def test_the_printed_epoch_is_the_recorded_one(capsys):
+    # "Epoch 2: best peer is 1" must not be followed by BestPeer(epoch=1).
+    model = make_model()
+    tracker = BestPeerTracker(verbose=1)
+    run_epochs(tracker, model, [epoch_logs(0.5, 0.4, 0.3), epoch_logs(0.5, 0.9, 0.3)])
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("Epoch 2: best peer is 1")
+    assert model.best_peer.epoch == 2
 
 
 def test_monitors_students_when_asked():

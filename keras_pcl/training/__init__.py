@@ -31,13 +31,16 @@ One job per module:
 Resuming after a crash: `keras.callbacks.BackupAndRestore` writes the
 model's weights (students, mean teachers, step counter, best-peer record,
 augmentation random states) and the optimizer's state every `save_freq`
-steps. Keras then restarts an interrupted epoch from its first batch, which
-would repeat the batches done before the crash; `train` instead reads the
-restored step counter and feeds `fit` the training stream from the next
-batch on (`Dataset.repeat().skip(step)`), finishing the interrupted epoch
-with a first `fit` call of the remaining steps. With
-`keras.utils.set_random_seed` and op determinism, a killed and resumed run
-ends with the weights of an uninterrupted one (tested).
+steps and at the end of every epoch; a damaged backup is moved aside and
+the previous one restored (`resume`), and a NaN stops the run before it is
+backed up (`keras_pcl.callbacks.TerminateOnNonFinite`). Keras then restarts
+an interrupted epoch from its first batch, which would repeat the batches
+done before the crash; `train` instead reads the restored step counter and
+feeds `fit` the training stream from the next batch on
+(`Dataset.repeat().skip(step)`), finishing the interrupted epoch with a
+first `fit` call of the remaining steps. With `keras.utils.set_random_seed`
+and op determinism, a killed and resumed run ends with the weights of an
+uninterrupted one (tested).
 """
 
 from keras_pcl.training.config import FIELD_HELP

@@ -249,7 +249,9 @@ class TrainConfig:
         "(process 0 writes, every process resumes from it).",
     )
     save_freq: int = _field(
-        500, "Back up every this many steps (0: at the end of every epoch)."
+        500,
+        "Back up every this many steps and at the end of every epoch (0: at "
+        "the end of every epoch only).",
     )
     export_format: str = _field(
         "tf_saved_model",

@@ -35,6 +35,8 @@ class Network:
             file does not say).
         description: what it is, for the report.
         model: the PCL or baseline model of a `.keras` checkpoint, or None.
+        class_names: the names of its classes, as the file records them
+            (`keras_pcl.export.read_class_names`), or None where it does not.
     """
 
     predict: object
@@ -42,6 +44,7 @@ class Network:
     image_shape: tuple
     description: str
     model: object = None
+    class_names: tuple = None
 
 
 def network_format(path):
@@ -86,6 +89,8 @@ def load_network(path):
         ImportError: ONNX Runtime is missing for a `.onnx` file, or
             TensorFlow for a SavedModel or a `.tflite` file.
     """
+    from keras_pcl.export import read_class_names
+
     path = os.fspath(path)
     format = network_format(path)
     loader = {
@@ -94,7 +99,42 @@ def load_network(path):
         "onnx": _load_onnx,
         "tflite": _load_tflite,
     }[format]
-    return loader(path)
+    network = loader(path)
+    if network.class_names is None:
+        network.class_names = read_class_names(path)
+    return network
+
+
+def check_keras_archive(path, name="network"):
+    """Raises a `ValueError` saying what `path` is, unless a `.keras` zip.
+
+    Keras reports any file that is not a zip archive as "File not found";
+    this names what it is instead (empty, HDF5, a damaged zip, ...).
+    """
+    import zipfile
+
+    path = os.fspath(path)
+    if zipfile.is_zipfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    size = os.path.getsize(path)
+    if not size:
+        what = "an empty file (0 bytes; a copy or a save that did not finish?)"
+    elif head.startswith(b"\x89HDF"):
+        what = (
+            "an HDF5 file (a legacy Keras `.h5` model or a `.weights.h5` "
+            "file renamed?): load a model with `keras.saving.load_model` "
+            "under its .h5 name, weights with `model.load_weights`"
+        )
+    elif head.startswith(b"PK"):
+        what = f"a damaged zip archive ({size} bytes; truncated while written?)"
+    else:
+        what = f"not a zip archive ({size} bytes, beginning {head!r})"
+    raise ValueError(
+        f"`{name}` is not a Keras model file: a .keras file is a zip "
+        f"archive, and {path!r} is {what}. Received: {name}={path!r}"
+    )
 
 
 def _load_keras(path):
@@ -103,6 +143,7 @@ def _load_keras(path):
     from keras_pcl.deployment import resolve_peer
     from keras_pcl.multi_branch import MultiBranchModel
 
+    check_keras_archive(path)
     try:
         model = keras.saving.load_model(path)
     except Exception as error:  # Keras raises several types for bad files.
@@ -130,6 +171,7 @@ def _load_keras(path):
         image_shape=tuple(model.inputs[0].shape[1:]),
         description=name,
         model=checkpoint,
+        class_names=None if checkpoint is None else checkpoint.class_names,
     )
 
 
@@ -364,7 +406,12 @@ def _resized(examples, image_shape):
 
 
 def check_compatible(network, data, dataset):
-    """Raises a `ValueError` unless `network` can score `data`'s classes."""
+    """Raises a `ValueError` unless `network` can score `data`'s classes.
+
+    Also when the network records its class names (`Network.class_names`)
+    and `data`'s differ (other names, or another order: label `i` would
+    mean another class); warns when it records none.
+    """
     if network.num_classes != len(data.class_names):
         names = ", ".join(data.class_names[:5])
         more = ", ..." if len(data.class_names) > 5 else ""
@@ -374,12 +421,40 @@ def check_compatible(network, data, dataset):
             "it on data with the classes it was trained on (the same class "
             f"sub-folders). Received: dataset={dataset!r}"
         )
+    check_class_names_match(network, data, dataset)
     channels = data.batches.element_spec[0].shape[-1]
     if network.image_shape and network.image_shape[-1] not in (None, channels):
         raise ValueError(
             f"The network takes {network.image_shape[-1]}-channel images, and "
             f"{data.name} has {channels}-channel ones. "
             f"Received: dataset={dataset!r}"
+        )
+
+
+def check_class_names_match(network, data, dataset):
+    """Raises if `network`'s class names are not `data`'s; warns if unknown."""
+    import warnings
+
+    expected, found = network.class_names, tuple(data.class_names)
+    if expected is None:
+        warnings.warn(
+            f"{network.description} does not record its class names (an "
+            "export written before keras-pcl recorded them, a .tflite file "
+            f"or a network saved by hand): nothing checks that {data.name}'s classes "
+            f"{list(found)} are the ones it was trained on, in that order. "
+            "A wrong folder scores near chance. Re-export it with "
+            "`keras-pcl export` from the training checkpoint to record them.",
+            stacklevel=3,
+        )
+        return
+    if expected != found:
+        same = set(expected) == set(found)
+        order = " (the same names in another order)" if same else ""
+        raise ValueError(
+            f"The network was trained on the classes {list(expected)}, and "
+            f"{data.name} has {list(found)}{order}: label i would mean another "
+            "class. Score it on data with the class sub-folders it was "
+            f"trained on. Received: dataset={dataset!r}"
         )
 
 

@@ -14,6 +14,7 @@ import keras
 
 from keras_pcl import methods
 from keras_pcl.callbacks import BestPeerTracker
+from keras_pcl.callbacks import TerminateOnNonFinite
 from keras_pcl.training import cluster
 from keras_pcl.training.config import JIT_COMPILE
 from keras_pcl.training.config import build_backbone_fn
@@ -29,7 +30,9 @@ from keras_pcl.training.distribution import make_distribution
 from keras_pcl.training.distribution import set_mixed_precision
 from keras_pcl.training.resume import backup_callback
 from keras_pcl.training.resume import check_workdir_config
+from keras_pcl.training.resume import describe_resume
 from keras_pcl.training.resume import fit_plan
+from keras_pcl.training.resume import prepare_workdir
 from keras_pcl.training.resume import restore_step
 
 
@@ -80,7 +83,7 @@ def train(config, callbacks=()):
     """
     config.validate()
     cluster.initialize(cluster.cluster_from_config(config))
-    os.makedirs(config.workdir, exist_ok=True)
+    prepare_workdir(config.workdir)  # Raises at once if it cannot be written.
     check_workdir_config(config, writer=cluster.is_writer())
     check_split(config)  # Before the data is read: a bad split fails fast.
     with global_state_restored():
@@ -99,10 +102,13 @@ def train(config, callbacks=()):
                 backbone=backbone,
             )
             compile_model(model, config, run.steps_per_epoch)
+        model.class_names = run.splits.class_names  # Saved and exported.
         paths = workdir_paths(config)
         writer = distribution.is_writer
         backup = backup_callback(paths["backup"], config.save_freq, writer=writer)
         initial_step = restore_step(backup, model)
+        if writer:
+            report_start(config, paths, backup.restored_from, initial_step, run)
         callbacks = job_callbacks(config, paths, backup, writer) + list(callbacks)
         history = fit(model, config, run, initial_step, callbacks, distribution)
         with cluster.without_distribution():  # Process 0 writes alone.
@@ -122,6 +128,36 @@ def train(config, callbacks=()):
         "exported_peer": exported_peer,
         "exported_peer_reason": reason,
     }
+
+
+def report_start(config, paths, restored_from, initial_step, run):
+    """Says where a resumed run starts; warns before a run overwrites outputs.
+
+    Resuming prints `describe_resume`'s line (unless `verbose=0`). A
+    workdir that holds an earlier run's outputs (`best_peer.keras`, the
+    final model) but no backup to resume from gets a warning: the run
+    starts from step 0 and replaces them.
+    """
+    if restored_from is not None:
+        if config.verbose:
+            line = describe_resume(
+                restored_from, initial_step, run.steps_per_epoch, config.epochs
+            )
+            print(line, flush=True)
+        return
+    earlier = [
+        os.path.basename(paths[key])
+        for key in ("best_peer", "model")
+        if os.path.exists(paths[key])
+    ]
+    if earlier:
+        warnings.warn(
+            f"`workdir` {config.workdir!r} holds the outputs of an earlier run "
+            f"({', '.join(earlier)}) but no backup to resume from: training "
+            "starts from step 0 and will overwrite them. Use another "
+            "--workdir to keep them.",
+            stacklevel=3,
+        )
 
 
 def set_up_process(config):
@@ -538,7 +574,11 @@ def workdir_paths(config):
 
 
 def job_callbacks(config, paths, backup, writer=True):
-    """Best-peer tracking, the backup, TensorBoard and a stop on NaN.
+    """A stop on NaN, best-peer tracking, the backup and TensorBoard.
+
+    `TerminateOnNonFinite` comes first: at a NaN or Inf loss or weight it
+    raises before the best peer or the backup is written, so the last good
+    ones survive.
 
     On processes other than 0 (`writer=False`), the best-peer record is
     kept (it is part of the model's state) but neither written nor
@@ -549,7 +589,8 @@ def job_callbacks(config, paths, backup, writer=True):
         verbose=config.verbose if writer else 0,
     )
     logs = [keras.callbacks.TensorBoard(paths["logs"])] if writer else []
-    return [tracker, backup, *logs, keras.callbacks.TerminateOnNaN()]
+    # The stop on NaN first: it raises before a later callback saves.
+    return [TerminateOnNonFinite(), tracker, backup, *logs]
 
 
 class _BestPeerTracker(BestPeerTracker):
@@ -632,7 +673,7 @@ def export_deployed_peer(model, config, path, write=True):
     if model.best_peer is not None:
         peer = "best"
         reason = (
-            f"best validation accuracy (epoch {model.best_peer.epoch + 1}), "
+            f"best validation accuracy (epoch {model.best_peer.epoch}), "
             "recorded by BestPeerTracker"
         )
     else:
