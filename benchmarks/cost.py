@@ -48,7 +48,9 @@ from absl import flags
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 # method: epoch budgets (issue #30's grid).
-DEFAULT_BUDGETS = "vanilla:30/60/135/270/540,one:30/90/180,pcl:30/60/120"
+DEFAULT_BUDGETS = (
+    "vanilla:30/60/135/270/540,one:30/90/180,pcl:30/60/120,pcl_lean:30/60/120"
+)
 
 FLAGS = flags.FLAGS
 
@@ -63,6 +65,12 @@ def _define_flags():
         "keras_pcl/methods.py).",
     )
     flags.DEFINE_list("seeds", ["0"], "Seeds; every budget of a seed runs first.")
+    flags.DEFINE_string(
+        "first",
+        "vanilla:30/60/135,pcl:30",
+        "Budgets (as --budgets) that run before the others of each seed: "
+        "the smallest complete comparison. Empty: cheapest first throughout.",
+    )
     flags.DEFINE_string("output_dir", os.path.join(_HERE, "results"), "")
     flags.DEFINE_string("tag", "cost", "Prefix of the files written.")
     flags.DEFINE_string(
@@ -126,8 +134,8 @@ def step_costs(path):
     return {m: d["step_seconds"] / vanilla for m, d in details.items()}
 
 
-def run_order(budgets, seeds, costs):
-    """`[(seed, method, epochs)]`: seed by seed, cheapest run first.
+def run_order(budgets, seeds, costs, first=None):
+    """`[(seed, method, epochs)]`: seed by seed, `first`'s runs, then cheapest.
 
     A method missing from `costs` counts as 1 vanilla step per step (the
     order only; its report row then has no cost).
@@ -136,11 +144,21 @@ def run_order(budgets, seeds, costs):
 
     >>> run_order({"vanilla": [30, 135], "pcl": [30]}, [0], {"pcl": 4.0})
     [(0, 'vanilla', 30), (0, 'vanilla', 135), (0, 'pcl', 30)]
+    >>> run_order({"vanilla": [30, 135], "one": [90]}, [0], {"one": 1.5},
+    ...           first={"vanilla": [135]})
+    [(0, 'vanilla', 135), (0, 'vanilla', 30), (0, 'one', 90)]
     """
+    first = first or {}
     runs = []
     for seed in seeds:
         grid = [(m, e) for m, es in budgets.items() for e in es]
-        grid.sort(key=lambda me: (me[1] * costs.get(me[0], 1.0), me[0]))
+        grid.sort(
+            key=lambda me: (
+                me[1] not in first.get(me[0], ()),
+                me[1] * costs.get(me[0], 1.0),
+                me[0],
+            )
+        )
         runs += [(seed, m, e) for m, e in grid]
     return runs
 
@@ -344,7 +362,8 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     source = os.path.basename(FLAGS.step_cost_json)
     if not FLAGS.report_only:
-        for seed, method, epochs in run_order(budgets, seeds, costs):
+        first = parse_budgets(FLAGS.first) if FLAGS.first else None
+        for seed, method, epochs in run_order(budgets, seeds, costs, first):
             done = {
                 (r["method"], r["seed"])
                 for r in load_runs(FLAGS.output_dir, FLAGS.tag, epochs)

@@ -20,6 +20,12 @@ PCL_VARIANTS = {
     "pcl_no_ensemble": {"distill_from_ensemble": False},
     "pcl_no_mean_teachers": {"distill_from_mean_teachers": False},
     "pcl_shared_augmentation": {"shared_augmentation": True},
+    # The no-mean-teacher-distillation ablation without the mean teachers'
+    # forward passes in training (their statistics averaged instead).
+    "pcl_lean": {
+        "distill_from_mean_teachers": False,
+        "mean_teacher_statistics": "ema",
+    },
 }
 BASELINE_NAMES = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip")
 METHODS = BASELINE_NAMES + tuple(PCL_VARIANTS)

@@ -630,7 +630,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             loss = loss + ops.cast(extra, "float32")
 
         for tracker in self.loss_trackers:
-            tracker.update_state(terms[tracker.name])
+            if tracker.name in terms:  # A term a step may skip (PCL's `pm`).
+                tracker.update_state(terms[tracker.name])
         if self.weight_tracker is not None:
             self.weight_tracker.update_state(outputs["consistency_weight"])
         labels, sparse = standardize_labels(y, self.num_classes)
@@ -639,7 +640,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         for metric, logits in zip(
             self.accuracy_metrics, self._accuracy_logits(outputs)
         ):
-            metric.update_state(labels, logits)
+            if logits is not None:  # None: a branch the step skipped.
+                metric.update_state(labels, logits)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
