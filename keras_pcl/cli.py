@@ -12,7 +12,9 @@ Each subcommand wraps a library call (`train` ->
 `keras_pcl.training.train`, the job of the example scripts, with the same
 flags; `evaluate` -> `keras_pcl.training.evaluation` on a split; `export` ->
 `PeerCollaborativeModel.export_peer`; `benchmark` ->
-`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`).
+`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`;
+`compare` -> `keras_pcl.training.compare`, the plain network against PCL
+at equal training cost).
 Exit codes: 0 success, 1 an error (printed as one line, `keras-pcl
 <command>: error: ...`), 2 bad usage. The Keras backend is the usual
 `KERAS_BACKEND` (TensorFlow if unset); `tf_saved_model` and `tflite` need

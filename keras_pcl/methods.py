@@ -2,7 +2,10 @@
 
 `pcl` is `keras_pcl.PeerCollaborativeModel`; `pcl_no_ensemble`,
 `pcl_no_mean_teachers` and `pcl_shared_augmentation` are its ablation
-switches; every other name is a class of `keras_pcl.baselines`. Used by
+switches, and `pcl_lean` is `pcl_no_mean_teachers` without the mean
+teachers' forward passes in training (their batch-norm statistics averaged
+from the students: `mean_teacher_statistics="ema"`); every other name is a
+class of `keras_pcl.baselines`. Used by
 `keras_pcl.training.train` (`keras-pcl train --method=...`), `keras-pcl
 benchmark` and the scripts of `benchmarks/`, so that every method is built
 the same way around the same backbone.
