@@ -10,9 +10,10 @@ for several methods at several epoch budgets, and reports the deployed
 validation accuracy against the training cost, counted two ways:
 
 * vanilla-epoch equivalents: epochs x the method's step time over vanilla's,
-  from `--step_cost_json` (a `benchmarks/throughput.py` run that times the
-  methods side by side, alternating, on the same machine, so that whatever
-  else runs slows each method alike);
+  from `--step_cost_json`: by default `benchmarks/pcl_step_parts.py`'s
+  single-threaded CPU time per step, every method timed side by side,
+  alternating, on the same machine (a `benchmarks/throughput.py` JSON
+  works too: wall-clock, which other processes inflate);
 * wall-clock: the runs' own training seconds (validation excluded), which
   are only comparable between runs made on an otherwise idle machine.
 
@@ -31,8 +32,8 @@ backend single-threaded on the 2-core VM, see `docs/when_pcl_pays.md`):
 
     OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \\
     KERAS_BACKEND=tensorflow nohup nice -n 19 python benchmarks/cost.py \\
-        --output_dir=/work/bench-i30/results --backup_dir=/work/bench-i30/backup \\
-        --step_cost_json=benchmarks/results/cost_step_tensorflow.json &
+        --seeds=0,1,2 --output_dir=/work/bench-i30/results \\
+        --backup_dir=/work/bench-i30/backup &
     python benchmarks/cost.py --report_only --output_dir=benchmarks/results
 """
 
@@ -78,7 +79,8 @@ def _define_flags():
     )
     flags.DEFINE_string(
         "step_cost_json",
-        os.path.join(_HERE, "results", "cost_step_tensorflow.json"),
+        os.path.join(_HERE, "results", "pcl_step_parts_tensorflow.json"),
+        "benchmarks/pcl_step_parts.py JSON (CPU time per step) or "
         "benchmarks/throughput.py JSON timing vanilla and the methods side by "
         "side (same backbone and batch): step time / vanilla's.",
     )
@@ -122,9 +124,22 @@ def parse_budgets(text):
 
 
 def step_costs(path):
-    """`{method: step time / vanilla's}` from a throughput.py JSON."""
+    """`{method: step time / vanilla's}` from a throughput.py JSON.
+
+    Or from a `pcl_step_parts.py` JSON: the steps' CPU-time ratios.
+    """
     with open(path) as f:
-        details = json.load(f)["details"]
+        data = json.load(f)
+    if "parts" in data:
+        steps = {
+            name[len("step_") :]: part["cpu_vanilla_steps"]
+            for name, part in data["parts"].items()
+            if name.startswith("step_")
+        }
+        if "vanilla" not in steps:
+            raise ValueError(f"{path} has no vanilla step. Received: {sorted(steps)}")
+        return steps
+    details = data["details"]
     if "vanilla" not in details:
         raise ValueError(
             f"The step-cost JSON must time vanilla too (throughput.py "
@@ -306,6 +321,7 @@ def _plot(rows, path):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed: no plot (pip install -e '.[bench]')")
         return
@@ -340,6 +356,8 @@ def _plot(rows, path):
                     textcoords="offset points",
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("deployed validation accuracy (%)")
         ax.grid(alpha=0.3)

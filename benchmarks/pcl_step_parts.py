@@ -14,7 +14,11 @@ eager), for CIFAR ResNet-`--depth`, `m = --num_peers`, batch `--batch_size`:
 
 Every part is timed `--repeats` times over `--steps` calls, alternating
 between parts, after one untimed warm-up; medians. Steps are in seconds and
-as multiples of vanilla's step.
+as multiples of vanilla's step, both in wall-clock and in the process's CPU
+time (`time.process_time`): run single-threaded (the variables below), the
+CPU time of a step is what it computes, and is far less inflated than the
+wall-clock by other processes on a shared machine. ONE's step is timed too
+(`benchmarks/cost.py` reads the steps' CPU-time ratios from the JSON).
 
 Usage:
 
@@ -40,7 +44,7 @@ flags.DEFINE_integer("steps", 8, "Calls per timed run.")
 flags.DEFINE_integer("repeats", 5, "Timed runs per part (median).")
 flags.DEFINE_string("json", None, "Write the results here.")
 
-METHODS = ("vanilla", "pcl", "pcl_no_mean_teachers", "pcl_lean")
+METHODS = ("vanilla", "one", "pcl", "pcl_no_mean_teachers", "pcl_lean")
 
 
 def _compiled(function):
@@ -128,24 +132,37 @@ def main(argv):
         _sync(fn())
         _sync(fn())
     runs = {name: [] for name in timed}
+    cpu_runs = {name: [] for name in timed}
     for _ in range(FLAGS.repeats):
         for name, fn in timed.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(FLAGS.steps):
                 out = fn()
             _sync(out)
             runs[name].append((time.perf_counter() - start) / FLAGS.steps)
+            cpu_runs[name].append((time.process_time() - cpu_start) / FLAGS.steps)
     vanilla = statistics.median(runs["step_vanilla"])
+    vanilla_cpu = statistics.median(cpu_runs["step_vanilla"])
     results = {}
-    print(f"{'part':28s} {'seconds':>9s} {'x vanilla step':>15s}")
+    print(
+        f"{'part':28s} {'wall s':>9s} {'x vanilla':>10s}"
+        f" {'CPU s':>9s} {'x vanilla':>10s}"
+    )
     for name, seconds in runs.items():
         median = statistics.median(seconds)
+        cpu = statistics.median(cpu_runs[name])
         results[name] = {
             "seconds": median,
             "vanilla_steps": median / vanilla,
             "runs": seconds,
+            "cpu_seconds": cpu,
+            "cpu_vanilla_steps": cpu / vanilla_cpu,
+            "cpu_runs": cpu_runs[name],
         }
-        print(f"{name:28s} {median:9.4f} {median / vanilla:15.2f}")
+        print(
+            f"{name:28s} {median:9.4f} {median / vanilla:10.2f} {cpu:9.4f} "
+            f"{cpu / vanilla_cpu:10.2f}"
+        )
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
             json.dump(
