@@ -108,7 +108,8 @@ class PeerCollaborativeModel(MultiBranchModel):
             `distill_from_mean_teachers=False`: then nothing in training
             needs the mean teachers' forward passes, and they are skipped
             (about a fifth of a PCL step), with the same loss, students and
-            averaged weights; `L_pm` and the mean teachers' accuracies are
+            averaged weights; `L_pm`, the mean teachers' accuracies and the
+            compiled `metrics` (which score the deployed mean teacher) are
             then reported for validation only. `keras_pcl/methods.py` names
             this configuration `pcl_lean`.
         shared_augmentation: ablation switch. If True, one augmentation of
@@ -354,7 +355,15 @@ class PeerCollaborativeModel(MultiBranchModel):
             kept = [t.name for t in self.loss_trackers if t.name not in skipped]
             kept += [m.name for m in self.accuracy_metrics if m.name not in skipped]
             kept += ["loss", "consistency_weight"]
-            return {k: v for k, v in self.get_metrics_result().items() if k in kept}
+            compiled = getattr(self, "_compile_metrics", None)
+            if compiled is not None and not compiled.built:
+                # Built (shapes only: a peer's logits stand in for the
+                # deployed teacher's), as Keras would in this first trace:
+                # `fit` reads every metric at the end of an epoch.
+                compiled.build(y, y_pred["peer_logits"][self.deploy_peer])
+            # Not `get_metrics_result`: the compiled metrics, never updated
+            # in training here, may not be built.
+            return {m.name: m.result() for m in self.metrics if m.name in kept}
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------

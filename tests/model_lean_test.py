@@ -126,3 +126,14 @@ def test_the_method_name_and_config():
 def test_bad_statistics_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_model(**kwargs)
+
+
+def test_compiled_metrics_of_the_skipped_teacher_are_validation_only():
+    model = make_model(distill_from_mean_teachers=False, mean_teacher_statistics="ema")
+    top2 = keras.metrics.SparseTopKCategoricalAccuracy(2, name="top2")
+    model.compile(optimizer="sgd", metrics=[top2])
+    x, y = colour_dataset(32, seed=0)
+    logs = model.fit(
+        x, y, batch_size=16, epochs=1, verbose=0, validation_data=colour_dataset(16)
+    ).history
+    assert "top2" not in logs and "val_top2" in logs

@@ -63,8 +63,11 @@ def test_compare_on_a_tiny_image_folder(tmp_path, capsys):
     )
     assert code == cli.EXIT_OK, capsys.readouterr().err
     out = capsys.readouterr().out.strip().splitlines()
-    ratio = json.loads((workdir / "compare.json").read_text())["ratio"]
-    assert ratio > 1  # A PCL step with two peers and mean teachers.
+    saved = json.loads((workdir / "compare.json").read_text())
+    ratio, timing = saved["ratio"], saved["timing"]
+    # The ratio of the two measured steps (its size is the machine's: tiny
+    # 8x8 images on a loaded CPU may even time a PCL step below a plain one).
+    assert ratio == timing["method_step_seconds"] / timing["vanilla_step_seconds"]
     assert out[0].startswith(f"Step cost: one pcl step = {ratio:.2f} plain steps")
     assert "measured on this machine" in out[0]
     plain = json.loads((workdir / "vanilla" / "config.json").read_text())
