@@ -356,6 +356,8 @@ def _plot(rows, path):
                     textcoords="offset points",
                 )
         ax.set_xscale("log")
+        ticks = sorted({round(r[key]) for r in rows if r[key] is not None})
+        ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
