@@ -116,6 +116,15 @@ flags.DEFINE_string(
     "compute column then reads each method's step time over vanilla's "
     "from it (the runs' own epoch times are slowed by whatever else ran).",
 )
+flags.DEFINE_string(
+    "backup_dir",
+    None,
+    "Back each run up here after every epoch (keras.callbacks."
+    "BackupAndRestore): a run killed mid-way resumes at its last finished "
+    "epoch instead of from scratch (its record then says "
+    "`resumed_at_epoch`; the data order after the resumption differs from "
+    "an uninterrupted run's). The backup is deleted when the run finishes.",
+)
 flags.DEFINE_float(
     "time_budget",
     0,
@@ -292,6 +301,10 @@ def run_one(method, seed, data):
         keras.config.set_dtype_policy(policy)
     training.compile_model(model, config, steps_per_epoch)
     timer = _TrainTimer()
+    callbacks = [timer]
+    if FLAGS.backup_dir:
+        backup = os.path.join(FLAGS.backup_dir, f"{FLAGS.tag}_{method}_seed{seed}")
+        callbacks.append(keras.callbacks.BackupAndRestore(backup, save_freq="epoch"))
     start = time.perf_counter()
     history = model.fit(
         x_train[: steps_per_epoch * FLAGS.batch_size],
@@ -300,7 +313,7 @@ def run_one(method, seed, data):
         epochs=FLAGS.epochs,
         validation_data=(x_val, y_val),
         validation_freq=FLAGS.validation_freq,
-        callbacks=[timer],
+        callbacks=callbacks,
         verbose=2,
     ).history
     wall = time.perf_counter() - start
@@ -323,6 +336,9 @@ def run_one(method, seed, data):
         "train_images_per_sec": images_per_sec,
         "epoch_train_seconds": timer.seconds,
         "wall_seconds": wall,
+        # Epochs done before a resumption (0: one uninterrupted run); the
+        # curve, epoch times and wall time then cover the rest only.
+        "resumed_at_epoch": FLAGS.epochs - len(history["loss"]),
         "deployed_parameters": model.get_peer(deployed).count_params(),
         "protocol": protocol(len(x_train), len(x_val)),
         "commit": _commit(),

@@ -6,12 +6,15 @@
     keras-pcl evaluate runs/f/export --dataset=path/to/test_folder --split=all
     keras-pcl export CHECKPOINT.keras OUTPUT [--peer best] [--format FORMAT]
     keras-pcl benchmark --methods=pcl,vanilla --backbone=resnet32 --batch_size=32
+    keras-pcl compare --dataset=path/to/images --backbone=resnet8 --epochs=30
 
 Each subcommand wraps a library call (`train` ->
 `keras_pcl.training.train`, the job of the example scripts, with the same
 flags; `evaluate` -> `keras_pcl.training.evaluation` on a split; `export` ->
 `PeerCollaborativeModel.export_peer`; `benchmark` ->
-`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`).
+`keras_pcl.benchmark.time_models` on the methods of `keras_pcl.methods`;
+`compare` -> `keras_pcl.training.compare`, the plain network against PCL
+at equal training cost).
 Exit codes: 0 success, 1 an error (printed as one line, `keras-pcl
 <command>: error: ...`), 2 bad usage. The Keras backend is the usual
 `KERAS_BACKEND` (TensorFlow if unset); `tf_saved_model` and `tflite` need
@@ -66,6 +69,34 @@ def build_parser():
     )
     _add_config_arguments(train)
     train.set_defaults(run=run_train)
+
+    compare = commands.add_parser(
+        "compare",
+        help="the plain network against PCL (--method) at equal training cost",
+        description=(
+            "Time a --method step against a plain step on this machine, train "
+            "--method for --epochs and the plain network (backbone + "
+            "classifier) for --epochs x that ratio, both with "
+            "`keras_pcl.training.train` under --workdir, and print which "
+            "deployed network is better on the validation split "
+            "(`keras_pcl.training.equal_cost`). Rerun the same command to resume."
+        ),
+    )
+    _add_config_arguments(compare)
+    compare.add_argument(
+        "--cost_ratio",
+        type=float,
+        default=None,
+        help="A --method step's time over a plain step's; unset: measured "
+        "here first (or read from <workdir>/compare.json when resuming).",
+    )
+    compare.add_argument(
+        "--timing_steps",
+        type=int,
+        default=4,
+        help="Steps per timed call of the step-cost measurement. Default: 4",
+    )
+    compare.set_defaults(run=run_compare)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -454,6 +485,29 @@ def run_train(args):
             f"Exported peer {result['exported_peer']} to "
             f"{result['paths']['export']}: {result['exported_peer_reason']}"
         )
+
+
+def run_compare(args):
+    """`keras-pcl compare`: `keras_pcl.training.compare` with the flags' config."""
+    from keras_pcl import threads
+    from keras_pcl import training
+    from keras_pcl.training import equal_cost
+
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
+    }
+    if isinstance(args.num_peers, int) and args.num_peers >= 1:
+        configure_process(threads.parallel_branches(args.method, args.num_peers))
+    try:
+        result = equal_cost.compare(
+            training.TrainConfig(**values),
+            ratio=args.cost_ratio,
+            timing_steps=args.timing_steps,
+        )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise CommandError(_first_line(error)) from None
+    for line in equal_cost.summary(result):
+        print(line)
 
 
 def run_evaluate(args):

@@ -222,7 +222,9 @@ def pcl_loss(
         ensemble_logits: tensor `(batch, classes)`, the peer ensemble
             teacher's logits `z_e`.
         mean_teacher_logits: list of `m` tensors, `z'_l`, the logits of peer
-            `l`'s mean teacher on peer `l`'s view.
+            `l`'s mean teacher on peer `l`'s view; None (not computed) only
+            with `distill_from_mean_teachers=False`, and then `pm` is not
+            returned.
         temperature: positive float `T`.
         consistency_weight: the current ramp-up weight `w(t)` (a number or a
             scalar tensor, see `consistency_rampup`).
@@ -232,7 +234,8 @@ def pcl_loss(
             computed and returned but left out of `loss`.
 
     Returns:
-        A dict of scalar tensors: `loss` (the total), `ce`, `pe` and `pm`.
+        A dict of scalar tensors: `loss` (the total), `ce`, `pe` and `pm`
+        (no `pm` without `mean_teacher_logits`).
 
     Example:
 
@@ -245,14 +248,22 @@ def pcl_loss(
     """
     _check_temperature(temperature)
     peer_logits = list(peer_logits)
-    mean_teacher_logits = list(mean_teacher_logits)
+    if mean_teacher_logits is None and distill_from_mean_teachers:
+        raise ValueError(
+            "`mean_teacher_logits` is None, but `distill_from_mean_teachers` "
+            "is True: the loss distils from them. Pass the mean teachers' "
+            "logits, or distill_from_mean_teachers=False. Received: "
+            "mean_teacher_logits=None"
+        )
+    skipped = mean_teacher_logits is None
+    mean_teacher_logits = [] if skipped else list(mean_teacher_logits)
     num_peers = len(peer_logits)
     if num_peers < 2:
         raise ValueError(
             "`peer_logits` must hold the logits of at least 2 peers. "
             f"Received: {num_peers}"
         )
-    if len(mean_teacher_logits) != num_peers:
+    if not skipped and len(mean_teacher_logits) != num_peers:
         raise ValueError(
             "`mean_teacher_logits` must hold one tensor per peer "
             f"({num_peers}). Received: {len(mean_teacher_logits)}"
@@ -281,6 +292,8 @@ def pcl_loss(
     if distill_from_mean_teachers:
         distilled = distilled + pm
     loss = ce + weight * distilled
+    if skipped:
+        return {"loss": loss, "ce": ce, "pe": pe}
     return {"loss": loss, "ce": ce, "pe": pe, "pm": pm}
 
 

@@ -2,7 +2,10 @@
 
 `pcl` is `keras_pcl.PeerCollaborativeModel`; `pcl_no_ensemble`,
 `pcl_no_mean_teachers` and `pcl_shared_augmentation` are its ablation
-switches; every other name is a class of `keras_pcl.baselines`. Used by
+switches, and `pcl_lean` is `pcl_no_mean_teachers` without the mean
+teachers' forward passes in training (their batch-norm statistics averaged
+from the students: `mean_teacher_statistics="ema"`); every other name is a
+class of `keras_pcl.baselines`. Used by
 `keras_pcl.training.train` (`keras-pcl train --method=...`), `keras-pcl
 benchmark` and the scripts of `benchmarks/`, so that every method is built
 the same way around the same backbone.
@@ -20,6 +23,12 @@ PCL_VARIANTS = {
     "pcl_no_ensemble": {"distill_from_ensemble": False},
     "pcl_no_mean_teachers": {"distill_from_mean_teachers": False},
     "pcl_shared_augmentation": {"shared_augmentation": True},
+    # The no-mean-teacher-distillation ablation without the mean teachers'
+    # forward passes in training (their statistics averaged instead).
+    "pcl_lean": {
+        "distill_from_mean_teachers": False,
+        "mean_teacher_statistics": "ema",
+    },
 }
 BASELINE_NAMES = ("vanilla", "dml", "kdcl", "one", "cl_ilr", "okddip")
 METHODS = BASELINE_NAMES + tuple(PCL_VARIANTS)

@@ -35,6 +35,9 @@ from keras_pcl.splitting import fresh_clone
 from keras_pcl.validation import check_bool
 from keras_pcl.validation import check_number
 
+# How a mean teacher's batch-norm moving statistics are kept (spec section 4).
+MEAN_TEACHER_STATISTICS = ("forward", "ema")
+
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
 class PeerCollaborativeModel(MultiBranchModel):
@@ -105,6 +108,19 @@ class PeerCollaborativeModel(MultiBranchModel):
             logged but not added to the loss. The mean teachers are still
             kept (and deployed), so the ablation isolates what distilling
             from them brings.
+        mean_teacher_statistics: how each mean teacher's batch-norm moving
+            statistics (used at inference and export) are kept (spec
+            section 4 allows both). `"forward"` (the default): gathered by
+            the mean teacher's own training-mode forward passes. `"ema"`:
+            the exponential moving average of its student's moving
+            statistics, updated with the weights. `"ema"` needs
+            `distill_from_mean_teachers=False`: then nothing in training
+            needs the mean teachers' forward passes, and they are skipped
+            (about a fifth of a PCL step), with the same loss, students and
+            averaged weights; `L_pm`, the mean teachers' accuracies and the
+            compiled `metrics` (which score the deployed mean teacher) are
+            then reported for validation only. `keras_pcl/methods.py` names
+            this configuration `pcl_lean`.
         shared_augmentation: ablation switch. If True, one augmentation of
             the batch is drawn per step and shared by all peers, instead of
             one per peer.
@@ -150,12 +166,29 @@ class PeerCollaborativeModel(MultiBranchModel):
         distill_from_ensemble=True,
         distill_from_mean_teachers=True,
         shared_augmentation=False,
+        mean_teacher_statistics="forward",
         **kwargs,
     ):
         check_number("ema_decay", ema_decay, "a number in [0, 1)", lambda a: 0 <= a < 1)
         check_bool("distill_from_ensemble", distill_from_ensemble)
         check_bool("distill_from_mean_teachers", distill_from_mean_teachers)
         check_bool("shared_augmentation", shared_augmentation)
+        if mean_teacher_statistics not in MEAN_TEACHER_STATISTICS:
+            raise ValueError(
+                "`mean_teacher_statistics` must be one of "
+                f"{list(MEAN_TEACHER_STATISTICS)}. Received: "
+                f"mean_teacher_statistics={mean_teacher_statistics!r}"
+            )
+        if mean_teacher_statistics == "ema" and distill_from_mean_teachers:
+            raise ValueError(
+                "`mean_teacher_statistics='ema'` needs "
+                "`distill_from_mean_teachers=False`: distilling from the mean "
+                "teachers runs them forward in training, and their statistics "
+                "are then their own. Pass distill_from_mean_teachers=False "
+                "(method 'pcl_lean'), or keep mean_teacher_statistics='forward'. "
+                "Received: mean_teacher_statistics='ema', "
+                "distill_from_mean_teachers=True"
+            )
         super().__init__(
             backbone,
             num_classes,
@@ -174,6 +207,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         self.distill_from_ensemble = distill_from_ensemble
         self.distill_from_mean_teachers = distill_from_mean_teachers
         self.shared_augmentation = shared_augmentation
+        self.mean_teacher_statistics = mean_teacher_statistics
 
         head = self._head_template
         self.ensemble_classifier = dense_classifier(
@@ -231,17 +265,37 @@ class PeerCollaborativeModel(MultiBranchModel):
             student_vars, teacher_vars, step, self.ema_decay, fast=self._fast_paths
         )
 
+    @property
+    def skips_mean_teacher_passes(self):
+        """Whether training skips the mean teachers' forward passes.
+
+        True when no loss term needs their logits
+        (`distill_from_mean_teachers=False`) and their batch-norm statistics
+        are averaged from the students (`mean_teacher_statistics="ema"`).
+        """
+        return not self.distill_from_mean_teachers and (
+            self.mean_teacher_statistics == "ema"
+        )
+
     def _branch_outputs(self, views, training):
         """Logits of every peer, of the ensemble and of every mean teacher."""
         features = self._peer_features(views, training)
-        teacher_trunk = self._per_view(self.mean_teacher_trunk, views, training)
-        teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
         ensemble_input = ops.concatenate(features, axis=-1)
         if not self.distill_from_ensemble:
             ensemble_input = ops.stop_gradient(ensemble_input)
-        return {
+        outputs = {
             "peer_logits": self._classify(features, training),
             "ensemble_logits": self.ensemble_classifier(ensemble_input),
+        }
+        if training and self.skips_mean_teacher_passes:
+            # Nothing in the step reads them: not the loss, not the
+            # statistics (averaged in `_before_training_forward`).
+            outputs["mean_teacher_logits"] = None
+            return outputs
+        teacher_trunk = self._per_view(self.mean_teacher_trunk, views, training)
+        teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
+        return {
+            **outputs,
             "mean_teacher_logits": [
                 ops.stop_gradient(
                     self._apply(
@@ -255,6 +309,8 @@ class PeerCollaborativeModel(MultiBranchModel):
         }
 
     def _deployed_logits(self, outputs):
+        if outputs["mean_teacher_logits"] is None:
+            return None  # Skipped in training (`skips_mean_teacher_passes`).
         return outputs["mean_teacher_logits"][self.deploy_peer]
 
     def _peer_parts(self, index, mean_teacher):
@@ -296,11 +352,35 @@ class PeerCollaborativeModel(MultiBranchModel):
         )
 
     def _accuracy_logits(self, outputs):
+        teachers = outputs["mean_teacher_logits"]
         return (
             list(outputs["peer_logits"])
             + [outputs["ensemble_logits"]]
-            + list(outputs["mean_teacher_logits"])
+            + list(teachers if teachers is not None else [None] * self.num_peers)
         )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict) and y_pred["mean_teacher_logits"] is None:
+            # A training step that skipped the mean teachers: report what it
+            # computed (the compiled metrics of the deployed mean teacher,
+            # `L_pm` and the teachers' accuracies are reported for
+            # validation only).
+            skipped = {"pm"} | {
+                f"mean_teacher_{j}_accuracy" for j in range(self.num_peers)
+            }
+            kept = [t.name for t in self.loss_trackers if t.name not in skipped]
+            kept += [m.name for m in self.accuracy_metrics if m.name not in skipped]
+            kept += ["loss", "consistency_weight"]
+            compiled = getattr(self, "_compile_metrics", None)
+            if compiled is not None and not compiled.built:
+                # Built (shapes only: a peer's logits stand in for the
+                # deployed teacher's), as Keras would in this first trace:
+                # `fit` reads every metric at the end of an epoch.
+                compiled.build(y, y_pred["peer_logits"][self.deploy_peer])
+            # Not `get_metrics_result`: the compiled metrics, never updated
+            # in training here, may not be built.
+            return {m.name: m.result() for m in self.metrics if m.name in kept}
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------
     # Serialisation
@@ -314,6 +394,7 @@ class PeerCollaborativeModel(MultiBranchModel):
                 "distill_from_ensemble": self.distill_from_ensemble,
                 "distill_from_mean_teachers": self.distill_from_mean_teachers,
                 "shared_augmentation": self.shared_augmentation,
+                "mean_teacher_statistics": self.mean_teacher_statistics,
             }
         )
         return config
@@ -335,14 +416,17 @@ class PeerCollaborativeModel(MultiBranchModel):
     def _ema_variable_pairs(self):
         """Trainable student variables and their mean-teacher counterparts.
 
-        Batch-norm moving statistics are not averaged: each mean teacher
-        keeps the statistics of its own forward passes (spec section 4,
-        project choice).
+        Batch-norm moving statistics are averaged too with
+        `mean_teacher_statistics="ema"`; by default each mean teacher keeps
+        the statistics of its own forward passes (spec section 4, project
+        choice).
         """
+        averaged_statistics = self.mean_teacher_statistics == "ema"
         students, teachers = [], []
         for student, teacher in zip(self._students(), self._mean_teachers()):
             for s, t in zip(student.weights, teacher.weights):
-                if s.trainable:
+                floating = "float" in str(s.dtype)
+                if s.trainable or (averaged_statistics and floating):
                     students.append(s)
                     teachers.append(t)
         return students, teachers

@@ -682,7 +682,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         # much as a full one).
         batch_size = ops.cast(ops.shape(labels)[0], "float32")
         for tracker in self.loss_trackers:
-            tracker.update_state(terms[tracker.name], sample_weight=batch_size)
+            if tracker.name in terms:  # A term a step may skip (PCL's `pm`).
+                tracker.update_state(terms[tracker.name], sample_weight=batch_size)
         if self.weight_tracker is not None:
             self.weight_tracker.update_state(outputs["consistency_weight"])
         if not sparse:
@@ -690,7 +691,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         for metric, logits in zip(
             self.accuracy_metrics, self._accuracy_logits(outputs)
         ):
-            metric.update_state(labels, logits)
+            if logits is not None:  # None: a branch the step skipped.
+                metric.update_state(labels, logits)
         return loss
 
     def _all_finite(self, loss):

@@ -24,6 +24,8 @@ One job per module:
 * `resume`: the restore-once `BackupAndRestore`, the plan of `fit` calls
   from a restored step, the workdir's configuration check;
 * `job`: `train`, built from the small functions of the others;
+* `equal_cost`: the plain network against PCL (or another method) at equal
+  training cost on the user's data (`keras-pcl compare`);
 * `evaluation`: scoring a trained network (`.keras`, SavedModel, ONNX) on
   a dataset split: top-1, top-5, the confusion matrix (`keras-pcl
   evaluate`).
@@ -64,6 +66,7 @@ from keras_pcl.training.distribution import dtype_policy_name
 from keras_pcl.training.distribution import global_state_restored
 from keras_pcl.training.distribution import make_distribution
 from keras_pcl.training.distribution import set_mixed_precision
+from keras_pcl.training.equal_cost import compare
 from keras_pcl.training.job import build_backbone
 from keras_pcl.training.job import build_model
 from keras_pcl.training.job import compile_model
@@ -81,6 +84,7 @@ __all__ = [
     "build_backbone_fn",
     "build_model",
     "cifar_config",
+    "compare",
     "compile_model",
     "config_from_flags",
     "define_flags",
