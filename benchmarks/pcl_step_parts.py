@@ -98,9 +98,9 @@ def parts():
     views = pcl.peer_views(keras.ops.convert_to_tensor(x), training=True)
 
     def teachers():
-        trunk = pcl._per_view(pcl.mean_teacher_trunk, views, True)
+        trunk = pcl.apply_per_view(pcl.mean_teacher_trunk, views, True)
         return [
-            pcl._apply(c, pcl._apply(h, trunk[j], True), True)
+            pcl.apply_layer(c, pcl.apply_layer(h, trunk[j], True), True)
             for j, (h, c) in enumerate(
                 zip(pcl.mean_teacher_heads, pcl.mean_teacher_classifiers)
             )

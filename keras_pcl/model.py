@@ -259,7 +259,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         message = ema_decay_warning(self.ema_decay, total_steps, "ema_decay")
         return messages + ([message] if message else [])
 
-    def _before_training_forward(self, step):
+    def before_training_forward(self, step):
         student_vars, teacher_vars = self._ema_pairs
         update_mean_teacher(
             student_vars, teacher_vars, step, self.ema_decay, fast=self._fast_paths
@@ -277,30 +277,30 @@ class PeerCollaborativeModel(MultiBranchModel):
             self.mean_teacher_statistics == "ema"
         )
 
-    def _branch_outputs(self, views, training):
+    def compute_branch_outputs(self, views, training):
         """Logits of every peer, of the ensemble and of every mean teacher."""
-        features = self._peer_features(views, training)
+        features = self.peer_features(views, training)
         ensemble_input = ops.concatenate(features, axis=-1)
         if not self.distill_from_ensemble:
             ensemble_input = ops.stop_gradient(ensemble_input)
         outputs = {
-            "peer_logits": self._classify(features, training),
+            "peer_logits": self.classify(features, training),
             "ensemble_logits": self.ensemble_classifier(ensemble_input),
         }
         if training and self.skips_mean_teacher_passes:
             # Nothing in the step reads them: not the loss, not the
-            # statistics (averaged in `_before_training_forward`).
+            # statistics (averaged in `before_training_forward`).
             outputs["mean_teacher_logits"] = None
             return outputs
-        teacher_trunk = self._per_view(self.mean_teacher_trunk, views, training)
+        teacher_trunk = self.apply_per_view(self.mean_teacher_trunk, views, training)
         teacher_heads = zip(self.mean_teacher_heads, self.mean_teacher_classifiers)
         return {
             **outputs,
             "mean_teacher_logits": [
                 ops.stop_gradient(
-                    self._apply(
+                    self.apply_layer(
                         classifier,
-                        self._apply(head, teacher_trunk[j], training),
+                        self.apply_layer(head, teacher_trunk[j], training),
                         training,
                     )
                 )
@@ -308,7 +308,7 @@ class PeerCollaborativeModel(MultiBranchModel):
             ],
         }
 
-    def _deployed_logits(self, outputs):
+    def deployed_logits(self, outputs):
         if outputs["mean_teacher_logits"] is None:
             return None  # Skipped in training (`skips_mean_teacher_passes`).
         return outputs["mean_teacher_logits"][self.deploy_peer]
@@ -332,7 +332,7 @@ class PeerCollaborativeModel(MultiBranchModel):
         # the two (see `keras_pcl._compat.tensorflow_reads_before_writes`).
         return keras.backend.backend() == "tensorflow" and not self.jit_compile
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         return pcl_loss(
             y,
             outputs["peer_logits"],
@@ -344,14 +344,14 @@ class PeerCollaborativeModel(MultiBranchModel):
             distill_from_mean_teachers=self.distill_from_mean_teachers,
         )
 
-    def _accuracy_names(self):
+    def accuracy_names(self):
         return (
             [f"peer_{j}" for j in range(self.num_peers)]
             + ["ensemble"]
             + [f"mean_teacher_{j}" for j in range(self.num_peers)]
         )
 
-    def _accuracy_logits(self, outputs):
+    def accuracy_logits(self, outputs):
         teachers = outputs["mean_teacher_logits"]
         return (
             list(outputs["peer_logits"])

@@ -18,9 +18,9 @@ consistency ramp-up `w(t)` inside the compiled step, `compile` (the
 method's loss is built in; Keras metrics score the deployed network), the
 loss and accuracy trackers, and serialisation.
 
-A method subclasses it and writes three things: `_branch_outputs` (the
-forward pass of every branch), `_loss_terms` (a function from
-`keras_pcl.losses`) and `_accuracy_logits` (what to report); class
+A method subclasses it and writes three things: `compute_branch_outputs` (the
+forward pass of every branch), `compute_loss_terms` (a function from
+`keras_pcl.losses`) and `accuracy_logits` (what to report); class
 attributes describe its structure.
 """
 
@@ -65,7 +65,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
 
     Not used directly: see `keras_pcl.PeerCollaborativeModel` and
     `keras_pcl.baselines`. Subclasses set the class attributes below and
-    implement `_branch_outputs`, `_loss_terms` and `_accuracy_logits`.
+    implement `compute_branch_outputs`, `compute_loss_terms` and `accuracy_logits`.
 
     Class attributes:
         shares_trunk: whether the peers share the layers up to `split_at`
@@ -245,7 +245,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         self.peer_initialization = peer_initialization
         self.peer_perturbation = float(peer_perturbation)
         self.peer_heads = [
-            self._new_peer_head(f"peer_{j}_head") for j in range(num_peers)
+            self.new_peer_head(f"peer_{j}_head") for j in range(num_peers)
         ]
         self.peer_classifiers = [
             dense_classifier(num_classes, self.feature_dim, f"peer_{j}_classifier")
@@ -275,7 +275,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         self._fuse(self.trunk)
         self.built = True
 
-    def _new_peer_head(self, name):
+    def new_peer_head(self, name):
         """A copy of the backbone's head for one peer (fresh or pretrained)."""
         head = fresh_clone(self._head_template, name)
         if self.peer_initialization == "backbone":
@@ -324,7 +324,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     def _create_trackers(self):
         """The loss and accuracy trackers, named after the method's outputs.
 
-        The accuracy metrics are named after `_accuracy_names()`
+        The accuracy metrics are named after `accuracy_names()`
         (`peer_{j}` -> `peer_{j}_accuracy`), which depends only on the class
         and `num_peers`, so they are made here for every method.
         """
@@ -336,7 +336,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             self.weight_tracker = keras.metrics.Mean(name="consistency_weight")
         self.accuracy_metrics = [
             keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy")
-            for name in self._accuracy_names()
+            for name in self.accuracy_names()
         ]
         # 1 while the loss and every weight are finite (its epoch mean drops
         # below 1 from the first step that is not): what
@@ -347,31 +347,83 @@ class MultiBranchModel(PeerDeployment, keras.Model):
     # What a method defines
     # ------------------------------------------------------------------
 
-    def _branch_outputs(self, views, training):
-        """Returns a dict of tensors with at least `peer_logits` (a list).
+    def compute_branch_outputs(self, views, training):
+        """The forward pass of every branch: a method's first hook.
 
-        Run every layer through `self._apply(layer, x, training)`, so that
-        `evaluate` reuses what `call` already computed.
+        Called by `call` in training (once per step, inside the compiled
+        step) and by `evaluate`'s `compute_loss` in inference. Run every
+        layer through `self.apply_layer(layer, x, training)` (or the helpers
+        `peer_features`, `classify`, `apply_per_view` that do), so that
+        `evaluate` reuses what `call` computed and training takes the
+        active speed-ups (`keras_pcl.speedups`).
+
+        Args:
+            views: a list of `num_peers` preprocessed (and, in training,
+                augmented) image batches, one per peer (`peer_views`).
+            training: bool.
+
+        Returns:
+            A dict of tensors with at least `"peer_logits"`, a list of the
+            `num_peers` peers' logits; anything else the method's
+            `compute_loss_terms` and `accuracy_logits` read.
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `compute_branch_outputs`."
+        )
 
-    def _loss_terms(self, y, outputs):
-        """Returns a dict with `loss` and every name of `loss_term_names`."""
-        raise NotImplementedError
+    def compute_loss_terms(self, y, outputs):
+        """The method's loss and its logged components: the second hook.
 
-    def _accuracy_names(self):
+        Args:
+            y: the batch's labels (class ids or one-hot).
+            outputs: what `compute_branch_outputs` returned, plus
+                `"consistency_weight"` (the ramp-up weight `w(t)` of the
+                step, see `keras_pcl.losses.consistency_rampup`).
+
+        Returns:
+            A dict with `"loss"` (a scalar, the mean over the batch) and one
+            scalar per name of the class attribute `loss_term_names` (each
+            logged under that name). Regularization losses are added by
+            the base class.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `compute_loss_terms`."
+        )
+
+    def accuracy_names(self):
+        """Names of the networks whose accuracy is logged (`{name}_accuracy`).
+
+        Defaults to `peer_0`, ..., `peer_{m-1}`. Override together with
+        `accuracy_logits` to report more (an ensemble, mean teachers).
+        """
         return [f"peer_{j}" for j in range(self.num_peers)]
 
-    def _accuracy_logits(self, outputs):
-        """Logits to score, in the order of `_accuracy_names`."""
+    def accuracy_logits(self, outputs):
+        """The logits to score, in the order of `accuracy_names`.
+
+        Args:
+            outputs: what `compute_branch_outputs` returned.
+
+        Returns:
+            A list of logits tensors (None for a branch the step skipped).
+        """
         return list(outputs["peer_logits"])
 
-    def _deployed_logits(self, outputs):
-        """The deployed network's logits among `_branch_outputs`'s."""
+    def deployed_logits(self, outputs):
+        """The deployed network's logits among `compute_branch_outputs`'s.
+
+        What compiled metrics (`compile(metrics=...)`) score in training.
+        Defaults to the peer `deploy_peer`; PCL returns its mean teacher.
+        """
         return outputs["peer_logits"][self.deploy_peer]
 
-    def _before_training_forward(self, step):
-        """Runs at the start of each training step (e.g. an EMA update)."""
+    def before_training_forward(self, step):
+        """Runs at the start of each training step, inside the compiled step.
+
+        Args:
+            step: the model's step counter (a scalar int tensor) before this
+                step. PCL updates its mean teachers here (spec section 4).
+        """
 
     # ------------------------------------------------------------------
     # Inputs
@@ -425,11 +477,11 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         j = self.deploy_peer
         x = views[j]
         for part in self._peer_parts(j, self.has_mean_teachers):
-            x = self._apply(part, x, training=False, memo=memo)
+            x = self.apply_layer(part, x, training=False, memo=memo)
         object.__setattr__(self, "_inference_memo", (views, memo, x))
         return x
 
-    def _apply(self, layer, x, training, memo=None):
+    def apply_layer(self, layer, x, training, memo=None):
         """`layer(x, training=training)`; in inference, each pair runs once.
 
         In training on torch and TensorFlow, a functional network runs
@@ -466,8 +518,8 @@ class MultiBranchModel(PeerDeployment, keras.Model):
 
     def _training_forward(self, views):
         step = self.step_counter.value
-        self._before_training_forward(step)
-        outputs = self._branch_outputs(views, training=True)
+        self.before_training_forward(step)
+        outputs = self.compute_branch_outputs(views, training=True)
         outputs["consistency_weight"] = consistency_rampup(
             step, self.rampup_steps, self.consistency_weight
         )
@@ -488,7 +540,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             views, memo = self.peer_views(inputs, training=False), []
         object.__setattr__(self, "_active_memo", memo)
         try:
-            outputs = self._branch_outputs(views, training=False)
+            outputs = self.compute_branch_outputs(views, training=False)
         finally:
             object.__setattr__(self, "_active_memo", None)
         outputs["consistency_weight"] = consistency_rampup(
@@ -498,7 +550,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
 
     _active_memo = None
 
-    def _per_view(self, network, views, training):
+    def apply_per_view(self, network, views, training):
         """Runs `network` on each peer's view (once per distinct view).
 
         In training every peer runs it (batch-norm statistics are updated
@@ -507,24 +559,27 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         """
         if training and id(network) in self._fused:
             return self._fused[id(network)](views, training=True)
-        return [self._apply(network, view, training) for view in views]
+        return [self.apply_layer(network, view, training) for view in views]
 
-    def _peer_features(self, views, training):
+    def peer_features(self, views, training):
         """Pooled features of every (student) peer, each on its own view."""
         if self.trunk is None:
             trunk_outputs = views
         elif self.views_per_peer:
-            trunk_outputs = self._per_view(self.trunk, views, training)
+            trunk_outputs = self.apply_per_view(self.trunk, views, training)
         else:  # One view for all: the shared trunk runs once.
-            trunk_outputs = [self._apply(self.trunk, views[0], training)] * len(views)
+            trunk_outputs = [self.apply_layer(self.trunk, views[0], training)] * len(
+                views
+            )
         return [
-            self._apply(head, trunk_outputs[j], training)
+            self.apply_layer(head, trunk_outputs[j], training)
             for j, head in enumerate(self.peer_heads)
         ]
 
-    def _classify(self, features, training=False):
+    def classify(self, features, training=False):
+        """Every peer's classifier on its peer's features: the peers' logits."""
         return [
-            self._apply(classifier, f, training)
+            self.apply_layer(classifier, f, training)
             for classifier, f in zip(self.peer_classifiers, features)
         ]
 
@@ -666,7 +721,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
                 "dataset of (images, labels) pairs."
             )
         outputs = y_pred if training else self._inference_outputs(x, y_pred)
-        terms = self._loss_terms(y, outputs)
+        terms = self.compute_loss_terms(y, outputs)
         loss = _compat.scale_loss_for_replicas(terms["loss"])
         for extra in self.losses:  # Regularizers and `add_loss` terms.
             # Keras' own aggregation: summed, and scaled for replicas on TF.
@@ -688,9 +743,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             self.weight_tracker.update_state(outputs["consistency_weight"])
         if not sparse:
             labels = ops.argmax(labels, axis=-1)
-        for metric, logits in zip(
-            self.accuracy_metrics, self._accuracy_logits(outputs)
-        ):
+        for metric, logits in zip(self.accuracy_metrics, self.accuracy_logits(outputs)):
             if logits is not None:  # None: a branch the step skipped.
                 metric.update_state(labels, logits)
         return loss
@@ -722,7 +775,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
         # branch's outputs are at hand; the compiled metrics score the
         # deployed network (`y_pred` is its logits outside training).
         if isinstance(y_pred, dict):
-            y_pred = self._deployed_logits(y_pred)
+            y_pred = self.deployed_logits(y_pred)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def zero_grad(self, set_to_none=True):

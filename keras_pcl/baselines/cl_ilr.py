@@ -69,16 +69,16 @@ class CLILRModel(MultiBranchModel):
         super().__init__(backbone, num_classes, **kwargs)
         self.detach_teacher = detach_teacher
 
-    def _peer_features(self, views, training):
-        shared = self._apply(self.trunk, views[0], training)
+    def peer_features(self, views, training):
+        shared = self.apply_layer(self.trunk, views[0], training)
         if training:
             shared = scale_gradient(shared, 1.0 / self.num_peers)
-        return [self._apply(head, shared, training) for head in self.peer_heads]
+        return [self.apply_layer(head, shared, training) for head in self.peer_heads]
 
-    def _branch_outputs(self, views, training):
-        return {"peer_logits": self._classify(self._peer_features(views, training))}
+    def compute_branch_outputs(self, views, training):
+        return {"peer_logits": self.classify(self.peer_features(views, training))}
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         return cl_ilr_loss(
             y,
             outputs["peer_logits"],
@@ -87,10 +87,10 @@ class CLILRModel(MultiBranchModel):
             detach_teacher=self.detach_teacher,
         )
 
-    def _accuracy_names(self):
-        return super()._accuracy_names() + ["ensemble"]
+    def accuracy_names(self):
+        return super().accuracy_names() + ["ensemble"]
 
-    def _accuracy_logits(self, outputs):
+    def accuracy_logits(self, outputs):
         peers = list(outputs["peer_logits"])
         return peers + [ops.mean(ops.stack(peers), axis=0)]
 

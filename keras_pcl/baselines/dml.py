@@ -72,18 +72,18 @@ class DMLModel(MultiBranchModel):
         )
         self.detach_teacher = detach_teacher
 
-    def _branch_outputs(self, views, training):
-        return {"peer_logits": self._classify(self._peer_features(views, training))}
+    def compute_branch_outputs(self, views, training):
+        return {"peer_logits": self.classify(self.peer_features(views, training))}
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         return dml_loss(
             y, outputs["peer_logits"], self.temperature, self.detach_teacher
         )
 
-    def _accuracy_names(self):
-        return super()._accuracy_names() + ["ensemble"]
+    def accuracy_names(self):
+        return super().accuracy_names() + ["ensemble"]
 
-    def _accuracy_logits(self, outputs):
+    def accuracy_logits(self, outputs):
         peers = list(outputs["peer_logits"])
         return peers + [keras.ops.mean(keras.ops.stack(peers), axis=0)]
 

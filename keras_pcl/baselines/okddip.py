@@ -90,12 +90,12 @@ class OKDDipModel(MultiBranchModel):
         """Only the group leader (the last branch) deploys."""
         return (self.num_peers - 1,)
 
-    def _deployed_logits(self, outputs):
+    def deployed_logits(self, outputs):
         return outputs["leader_logits"]
 
-    def _branch_outputs(self, views, training):
-        features = self._peer_features(views, training)
-        logits = self._classify(features)
+    def compute_branch_outputs(self, views, training):
+        features = self.peer_features(views, training)
+        logits = self.classify(features)
         peers = ops.stack(features[:-1], axis=1)  # (batch, m - 1, features)
         queries = self.query_projection(peers)
         keys = self.key_projection(peers)
@@ -107,7 +107,7 @@ class OKDDipModel(MultiBranchModel):
             "attention": attention,
         }
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         return okddip_loss(
             y,
             outputs["peer_logits"],
@@ -118,10 +118,10 @@ class OKDDipModel(MultiBranchModel):
             detach_teacher=self.detach_teacher,
         )
 
-    def _accuracy_names(self):
-        return super()._accuracy_names() + ["ensemble"]
+    def accuracy_names(self):
+        return super().accuracy_names() + ["ensemble"]
 
-    def _accuracy_logits(self, outputs):
+    def accuracy_logits(self, outputs):
         peers = list(outputs["peer_logits"])
         return peers + [outputs["leader_logits"]] + [ops.mean(ops.stack(peers), axis=0)]
 

@@ -70,16 +70,16 @@ class ONEModel(MultiBranchModel):
         self.gate = keras.Sequential(layers, name="gate")
         self.gate.build(trunk_shape)
 
-    def _branch_outputs(self, views, training):
-        shared = self._apply(self.trunk, views[0], training)
-        peer_logits = self._classify(
-            [self._apply(head, shared, training) for head in self.peer_heads]
+    def compute_branch_outputs(self, views, training):
+        shared = self.apply_layer(self.trunk, views[0], training)
+        peer_logits = self.classify(
+            [self.apply_layer(head, shared, training) for head in self.peer_heads]
         )
         gates = self.gate(shared, training=training)  # (batch, m)
         gated = ops.sum(ops.stack(peer_logits, axis=1) * gates[:, :, None], axis=1)
         return {"peer_logits": peer_logits, "gated_logits": gated}
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         return one_loss(
             y,
             outputs["peer_logits"],
@@ -89,10 +89,10 @@ class ONEModel(MultiBranchModel):
             detach_teacher=self.detach_teacher,
         )
 
-    def _accuracy_names(self):
-        return super()._accuracy_names() + ["ensemble"]
+    def accuracy_names(self):
+        return super().accuracy_names() + ["ensemble"]
 
-    def _accuracy_logits(self, outputs):
+    def accuracy_logits(self, outputs):
         return list(outputs["peer_logits"]) + [outputs["gated_logits"]]
 
     def get_config(self):

@@ -68,9 +68,9 @@ class VanillaModel(MultiBranchModel):
             **kwargs,
         )
 
-    def _branch_outputs(self, views, training):
-        return {"peer_logits": self._classify(self._peer_features(views, training))}
+    def compute_branch_outputs(self, views, training):
+        return {"peer_logits": self.classify(self.peer_features(views, training))}
 
-    def _loss_terms(self, y, outputs):
+    def compute_loss_terms(self, y, outputs):
         ce = cross_entropy(y, outputs["peer_logits"][0])
         return {"loss": ce, "ce": ce}
