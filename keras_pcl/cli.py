@@ -489,7 +489,7 @@ def run_train(args):
 
 def run_compare(args):
     """`keras-pcl compare`: `keras_pcl.training.compare` with the flags' config."""
-    from keras_pcl import threads
+    from keras_pcl import process
     from keras_pcl import training
     from keras_pcl.training import equal_cost
 
@@ -497,7 +497,7 @@ def run_compare(args):
         f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
     }
     if isinstance(args.num_peers, int) and args.num_peers >= 1:
-        configure_process(threads.parallel_branches(args.method, args.num_peers))
+        configure_process(process.parallel_branches(args.method, args.num_peers))
     try:
         result = equal_cost.compare(
             training.TrainConfig(**values),

@@ -11,6 +11,8 @@ torch's on that backend), after the import and after a `fit`.
 import os
 import sys
 
+# The repository root, for `tests.testing` (a script's sys.path[0] is tests/).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 out = sys.argv[1]
 sys.argv[0] = "keras-pcl"
 redirected = []

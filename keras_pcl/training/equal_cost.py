@@ -92,8 +92,10 @@ def measure_step_cost(config, steps=4, repeats=3):
 def plain_config(config, ratio):
     """The plain network's `TrainConfig` at `ratio` times `config`'s epochs.
 
-    The learning-rate decay epochs scale with the epochs; the run writes to
-    `<workdir>/vanilla`.
+    The schedule scales with the epochs: the default one is a fraction of
+    the run already (`rampup_fraction`, `lr_decay_fractions`), and absolute
+    `lr_decay_epochs` / `rampup_epochs`, where given, are scaled by the same
+    factor. The run writes to `<workdir>/vanilla`.
 
     Example:
 
@@ -105,12 +107,18 @@ def plain_config(config, ratio):
     validation.check_number("ratio", ratio, "a positive number", lambda r: r > 0)
     epochs = max(1, round(config.epochs * ratio))
     scale = epochs / config.epochs
+    lr_decay_epochs = config.lr_decay_epochs
+    if lr_decay_epochs is not None:
+        lr_decay_epochs = tuple(e * scale for e in lr_decay_epochs)
+    rampup_epochs = config.rampup_epochs
+    if rampup_epochs is not None:
+        rampup_epochs = rampup_epochs * scale
     return dataclasses.replace(
         config,
         method="vanilla",
         epochs=epochs,
-        lr_decay_epochs=tuple(e * scale for e in config.lr_decay_epochs),
-        rampup_epochs=config.rampup_epochs * scale,
+        lr_decay_epochs=lr_decay_epochs,
+        rampup_epochs=rampup_epochs,
         workdir=os.path.join(config.workdir, "vanilla"),
     )
 
