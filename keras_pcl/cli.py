@@ -460,8 +460,8 @@ class _PrintSpeedups(logging.Handler):
         print(f"keras-pcl: {record.getMessage()}")
 
 
-def run_train(args):
-    """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
+def _train_config(args):
+    """The `TrainConfig` of `train`/`compare`'s flags; sizes the process for it."""
     from keras_pcl import process
     from keras_pcl import training
 
@@ -470,14 +470,27 @@ def run_train(args):
     }
     if isinstance(args.num_peers, int) and args.num_peers >= 1:
         configure_process(process.parallel_branches(args.method, args.num_peers))
+    return training.TrainConfig(**values)
+
+
+def _training_errors():
+    """What a training run raises for the user to fix: reported as one line."""
     from keras_pcl.callbacks import NonFiniteError
 
+    return (ValueError, FileNotFoundError, ImportError, NonFiniteError)
+
+
+def run_train(args):
+    """`keras-pcl train`: `keras_pcl.training.train` with the flags' config."""
+    from keras_pcl import training
+
     try:
-        result = training.train(training.TrainConfig(**values))
-    except (ValueError, FileNotFoundError, ImportError, NonFiniteError) as error:
+        config = _train_config(args)
+        result = training.train(config)
+    except _training_errors() as error:
         raise CommandError(_first_line(error)) from None
     print(f"Best peer: {result['best_peer']}")
-    print(f"Final model ({values['method']}): {result['paths']['model']}")
+    print(f"Final model ({config.method}): {result['paths']['model']}")
     if result["best_peer"] is not None and result["exported_peer"] is not None:
         print(f"Exported best peer: {result['paths']['export']}")
     elif result["exported_peer"] is not None:
@@ -489,22 +502,15 @@ def run_train(args):
 
 def run_compare(args):
     """`keras-pcl compare`: `keras_pcl.training.compare` with the flags' config."""
-    from keras_pcl import process
-    from keras_pcl import training
     from keras_pcl.training import equal_cost
 
-    values = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(training.TrainConfig)
-    }
-    if isinstance(args.num_peers, int) and args.num_peers >= 1:
-        configure_process(process.parallel_branches(args.method, args.num_peers))
     try:
         result = equal_cost.compare(
-            training.TrainConfig(**values),
+            _train_config(args),
             ratio=args.cost_ratio,
             timing_steps=args.timing_steps,
         )
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except _training_errors() as error:
         raise CommandError(_first_line(error)) from None
     for line in equal_cost.summary(result):
         print(line)
