@@ -22,7 +22,7 @@ PCL_VARIANTS = {
     "pcl": {},
     "pcl_no_ensemble": {"distill_from_ensemble": False},
     "pcl_no_mean_teachers": {"distill_from_mean_teachers": False},
-    "pcl_shared_augmentation": {"shared_augmentation": True},
+    "pcl_shared_augmentation": {"views_per_peer": False},
     # The no-mean-teacher-distillation ablation without the mean teachers'
     # forward passes in training (their statistics averaged instead).
     "pcl_lean": {

@@ -121,9 +121,12 @@ class PeerCollaborativeModel(MultiBranchModel):
             compiled `metrics` (which score the deployed mean teacher) are
             then reported for validation only. `keras_pcl/methods.py` names
             this configuration `pcl_lean`.
-        shared_augmentation: ablation switch. If True, one augmentation of
-            the batch is drawn per step and shared by all peers, instead of
-            one per peer.
+        views_per_peer: whether each peer gets its own random augmentation
+            of the batch (True, the paper's method). False is the ablation
+            of spec section 8: one augmentation per step, shared by all
+            peers (method `pcl_shared_augmentation`). Configs saved
+            before this name hold the inverse, `shared_augmentation`,
+            which `from_config` still reads.
         **kwargs: `peer_initialization` (`"fresh"` as in the paper, or
             `"backbone"` to start every peer and mean teacher from the
             backbone's weights when fine-tuning), `peer_perturbation` (see
@@ -149,6 +152,8 @@ class PeerCollaborativeModel(MultiBranchModel):
 
     has_mean_teachers = True
     loss_term_names = ("ce", "pe", "pm")
+    # `views_per_peer` is one of PCL's ablation switches, not internal.
+    internal_arguments = ()
 
     def __init__(
         self,
@@ -165,14 +170,14 @@ class PeerCollaborativeModel(MultiBranchModel):
         deploy_peer=0,
         distill_from_ensemble=True,
         distill_from_mean_teachers=True,
-        shared_augmentation=False,
+        views_per_peer=True,
         mean_teacher_statistics="forward",
         **kwargs,
     ):
         check_number("ema_decay", ema_decay, "a number in [0, 1)", lambda a: 0 <= a < 1)
         check_bool("distill_from_ensemble", distill_from_ensemble)
         check_bool("distill_from_mean_teachers", distill_from_mean_teachers)
-        check_bool("shared_augmentation", shared_augmentation)
+        check_bool("views_per_peer", views_per_peer)
         if mean_teacher_statistics not in MEAN_TEACHER_STATISTICS:
             raise ValueError(
                 "`mean_teacher_statistics` must be one of "
@@ -200,13 +205,12 @@ class PeerCollaborativeModel(MultiBranchModel):
             consistency_weight=consistency_weight,
             rampup_steps=rampup_steps,
             deploy_peer=deploy_peer,
-            views_per_peer=not shared_augmentation,
+            views_per_peer=views_per_peer,
             **kwargs,
         )
         self.ema_decay = float(ema_decay)
         self.distill_from_ensemble = distill_from_ensemble
         self.distill_from_mean_teachers = distill_from_mean_teachers
-        self.shared_augmentation = shared_augmentation
         self.mean_teacher_statistics = mean_teacher_statistics
 
         head = self._head_template
@@ -386,6 +390,13 @@ class PeerCollaborativeModel(MultiBranchModel):
     # Serialisation
     # ------------------------------------------------------------------
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "shared_augmentation" in config:  # The name before `views_per_peer`.
+            config["views_per_peer"] = not config.pop("shared_augmentation")
+        return super().from_config(config)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -393,7 +404,7 @@ class PeerCollaborativeModel(MultiBranchModel):
                 "ema_decay": self.ema_decay,
                 "distill_from_ensemble": self.distill_from_ensemble,
                 "distill_from_mean_teachers": self.distill_from_mean_teachers,
-                "shared_augmentation": self.shared_augmentation,
+                "views_per_peer": self.views_per_peer,
                 "mean_teacher_statistics": self.mean_teacher_statistics,
             }
         )

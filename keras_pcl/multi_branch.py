@@ -214,7 +214,7 @@ class MultiBranchModel(PeerDeployment, keras.Model):
             image_shape,
             augmentation=augmentation,
             preprocessing=preprocessing,
-            view_per_peer=views_per_peer,
+            views_per_peer=views_per_peer,
             owner=type(self).__name__,
             name="peer_views",
         )

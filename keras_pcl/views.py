@@ -133,7 +133,7 @@ class PeerViews(keras.layers.Layer):
             a Keras layer or callable, or None.
         preprocessing: a Keras layer from raw pixels to network inputs;
             None means `keras.layers.Rescaling(1 / 255)`.
-        view_per_peer: draw one augmentation per peer (True) or one for all
+        views_per_peer: draw one augmentation per peer (True) or one for all
             (False).
         owner: the name of the model class, for error messages.
 
@@ -151,7 +151,7 @@ class PeerViews(keras.layers.Layer):
         image_shape,
         augmentation="default",
         preprocessing=None,
-        view_per_peer=True,
+        views_per_peer=True,
         owner="The model",
         **kwargs,
     ):
@@ -178,7 +178,7 @@ class PeerViews(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_views = num_views
         self.image_shape = tuple(image_shape)
-        self.view_per_peer = view_per_peer
+        self.views_per_peer = views_per_peer
         self.owner = owner
         if preprocessing is None:
             preprocessing = keras.layers.Rescaling(1.0 / 255, name="rescaling")
@@ -216,7 +216,7 @@ class PeerViews(keras.layers.Layer):
                 f"{sorted(inputs)}"
             )
         if isinstance(inputs, (list, tuple)):
-            if not self.view_per_peer:
+            if not self.views_per_peer:
                 raise ValueError(
                     f"{self.owner} gives all peers the same view; pass one "
                     f"batch of images, not a tuple of {len(inputs)} views."
@@ -231,7 +231,7 @@ class PeerViews(keras.layers.Layer):
         images = self._check_images(inputs)
         if not training or self.augmentation is None:
             return [self.preprocessing(images)] * self.num_views
-        if not self.view_per_peer:
+        if not self.views_per_peer:
             return [self.preprocessing(self._augment(images))] * self.num_views
         return [
             self.preprocessing(self._augment(images)) for _ in range(self.num_views)

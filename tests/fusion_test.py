@@ -669,7 +669,7 @@ def small_mobilenet():
         (small_densenet, {}),
         (layer_norm_backbone, {"split_at": "split"}),
         (small_resnet, {"distill_from_ensemble": False}),
-        (small_resnet, {"shared_augmentation": True}),
+        (small_resnet, {"views_per_peer": False}),
     ],
     ids=["resnet8", "densenet", "layer_norm", "no_ensemble", "shared"],
 )

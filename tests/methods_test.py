@@ -35,7 +35,7 @@ def test_every_name_builds_its_class(name):
 def test_ablation_names_set_their_switch():
     assert not build("pcl_no_ensemble").distill_from_ensemble
     assert not build("pcl_no_mean_teachers").distill_from_mean_teachers
-    assert build("pcl_shared_augmentation").shared_augmentation
+    assert not build("pcl_shared_augmentation").views_per_peer
     plain = build("pcl")
     assert plain.distill_from_ensemble and plain.distill_from_mean_teachers
 
@@ -48,7 +48,10 @@ def test_options_follow_each_constructor():
     assert "num_peers" not in methods.method_options("vanilla")
     # The ablation's own switch is not an option of the ablation.
     assert "distill_from_ensemble" not in methods.method_options("pcl_no_ensemble")
-    assert "views_per_peer" not in methods.method_options("pcl")
+    assert "views_per_peer" not in methods.method_options("pcl_shared_augmentation")
+    # A class attribute of the baselines, which each fix: not an option.
+    assert "views_per_peer" in methods.method_options("pcl")
+    assert "views_per_peer" not in methods.method_options("dml")
 
 
 def test_settings_a_method_lacks_are_left_out_and_none_keeps_defaults():

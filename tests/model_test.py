@@ -182,14 +182,24 @@ def test_each_peer_gets_its_own_augmentation():
 
 
 def test_shared_augmentation_ablation_gives_every_peer_the_same_view():
-    model = make_model(shared_augmentation=True)
+    model = make_model(views_per_peer=False)
     x, _ = colour_dataset(16)
     views = [keras.ops.convert_to_numpy(v) for v in model.peer_views(x)]
     assert not np.allclose(views[0], x / 255.0)  # Augmented...
     for v in views[1:]:
         np.testing.assert_array_equal(v, views[0])  # ...once for all peers.
     clone = keras_pcl.PeerCollaborativeModel.from_config(model.get_config())
-    assert clone.shared_augmentation
+    assert not clone.views_per_peer
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_configs_saved_with_the_old_name_of_views_per_peer_still_load(shared):
+    config = make_model().get_config()
+    del config["views_per_peer"]
+    config["shared_augmentation"] = shared  # As configs saved it before the rename.
+    clone = keras_pcl.PeerCollaborativeModel.from_config(config)
+    assert clone.views_per_peer is not shared
+    assert clone.views.views_per_peer is not shared
 
 
 @pytest.mark.parametrize(

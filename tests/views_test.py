@@ -39,7 +39,7 @@ def test_outside_training_every_view_is_the_same_preprocessed_batch():
 
 def test_a_shared_view_is_one_draw_for_all_peers():
     x, _ = colour_dataset(8, seed=0)
-    views = PeerViews(3, x.shape[1:], augmentation="default", view_per_peer=False)
+    views = PeerViews(3, x.shape[1:], augmentation="default", views_per_peer=False)
     out = views(x, training=True)
     assert out[0] is out[1] is out[2]
 
@@ -55,7 +55,7 @@ def test_views_from_the_pipeline_are_only_preprocessed():
 
 def test_bad_inputs_raise_clear_errors():
     x, _ = colour_dataset(4, seed=0)
-    views = PeerViews(2, x.shape[1:], owner="DMLModel", view_per_peer=False)
+    views = PeerViews(2, x.shape[1:], owner="DMLModel", views_per_peer=False)
     with pytest.raises(ValueError, match="DMLModel gives all peers the same view"):
         views((x, x))
     views = PeerViews(2, x.shape[1:])

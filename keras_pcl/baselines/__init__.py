@@ -17,7 +17,7 @@ their losses live in `keras_pcl.losses`.
 
 PCL's ablations are switches of `PeerCollaborativeModel`
 (`distill_from_ensemble`, `distill_from_mean_teachers`,
-`shared_augmentation`).
+`views_per_peer`).
 """
 
 import difflib
