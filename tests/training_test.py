@@ -484,30 +484,8 @@ def test_bad_finetuning_options_raise_clear_errors(overrides, message):
         training.TrainConfig(**overrides).validate()
 
 
-@pytest.mark.parametrize(
-    "name", ["MobileNetV2", "ResNet50", "DenseNet121", "VGG16", "Xception"]
-)
-def test_application_preprocessing_is_the_familys_preprocess_input(name):
-    import importlib
-
-    from keras_pcl.training import applications
-
-    constructor = getattr(keras.applications, name)
-    module = importlib.import_module(constructor.__module__)
-    images = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
-    layer = applications.application_preprocessing(name)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(layer(images)),
-        keras.ops.convert_to_numpy(module.preprocess_input(images.copy())),
-        atol=2e-4,
-    )
-    # A layer of the model: it reloads from its config (safe mode).
-    config = keras.saving.serialize_keras_object(layer)
-    assert type(keras.saving.deserialize_keras_object(config)) is type(layer)
-
-
 def test_backbones_with_their_own_preprocessing_get_none(tmp_path):
-    from keras_pcl.training import applications
+    from keras_pcl.backbones import applications
 
     for name in ("EfficientNetB0", "ConvNeXtTiny", "MobileNetV3Small"):
         assert applications.application_preprocessing(name) is None, name

@@ -2,8 +2,9 @@
 
 Built-in networks of the paper's tables (spec section 6), each a `Backbone`
 (config, dtype policy and `default_split_at` owned by the base class): select
-them by name with `get(name, **kwargs)` (see `names()`), or build them from
-their classes. Any other functional model works too; `split_candidates(model)`
+them by name with `get(name, **kwargs)` (see `names()`; `get` also takes
+`resnetD` and `keras.applications` names), or build them from their
+classes. Any other functional model works too; `split_candidates(model)`
 lists its valid split layers and `recommended_split(model)` the start of its
 last stage when known.
 """
@@ -23,7 +24,9 @@ from keras_pcl.backbones.keras_hub import KerasHubBackbone
 from keras_pcl.backbones.keras_hub import from_keras_hub
 from keras_pcl.backbones.keras_hub import preprocessing_from_keras_hub
 from keras_pcl.backbones.registry import BACKBONES
+from keras_pcl.backbones.registry import builder
 from keras_pcl.backbones.registry import get
+from keras_pcl.backbones.registry import is_application
 from keras_pcl.backbones.registry import names
 from keras_pcl.backbones.vgg import VGG16BN
 from keras_pcl.backbones.vgg import vgg16
@@ -44,8 +47,10 @@ __all__ = [
     "ImageNetResNet",
     "VGG16BN",
     "WideResNet",
+    "builder",
     "densenet40_12",
     "get",
+    "is_application",
     "names",
     "recommended_split",
     "resnet110",

@@ -10,8 +10,6 @@ validated, so that `keras-pcl --help` starts quickly and quietly.
 """
 
 import dataclasses
-import difflib
-import re
 import textwrap
 
 from keras_pcl import validation
@@ -352,9 +350,10 @@ class TrainConfig:
             )
 
     def _validate_backbone_options(self):
-        from keras_pcl.training import applications
+        from keras_pcl.backbones import applications
+        from keras_pcl.backbones import is_application
 
-        application = applications.is_application(self.backbone)
+        application = is_application(self.backbone)
         if self.backbone_alpha is not None:
             validation.check(
                 application and applications.takes_alpha(self.backbone),
@@ -546,30 +545,13 @@ def finetune_config(**overrides):
 def build_backbone_fn(name):
     """A function `(**kwargs) -> backbone` for a name of `TrainConfig.backbone`.
 
-    A built-in name, `resnetD`, or a keras.applications name (whose
-    function also takes `weights` and `alpha`, see
-    `keras_pcl.training.applications.build_application`).
+    `keras_pcl.backbones.builder(name)`, which resolves every backbone name
+    (built-in, `resnetD`, keras.applications), with errors naming
+    `backbone`.
     """
     from keras_pcl import backbones
-    from keras_pcl.training import applications
 
-    if name in backbones.names():
-        return lambda **kwargs: backbones.get(name, **kwargs)
-    match = re.fullmatch(r"resnet(\d+)", str(name))
-    if match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8:
-        depth = int(match.group(1))
-        return lambda **kwargs: backbones.CIFARResNet(depth=depth, **kwargs)
-    if applications.is_application(name):
-        return lambda **kwargs: applications.build_application(name, **kwargs)
-    known = list(backbones.names()) + applications.application_names()
-    close = difflib.get_close_matches(str(name), known, n=3)
-    validation.raise_invalid(
-        "backbone",
-        name,
-        f"one of {backbones.names()}, 'resnetD' with D = 6n + 2 (e.g. "
-        "'resnet8') or a keras.applications name (e.g. 'MobileNetV2')",
-        hint=f"Did you mean {close}?" if close else "",
-    )
+    return backbones.builder(name, argument="backbone")
 
 
 def epochs_of_run(fraction, epochs):

@@ -301,11 +301,11 @@ def check_split(config):
     Raises:
         ValueError: as `keras_pcl.multi_branch.resolve_split`.
     """
+    from keras_pcl.backbones import is_application
     from keras_pcl.multi_branch import resolve_split
-    from keras_pcl.training import applications
 
     cls = methods.method_class(config.method)
-    application = applications.is_application(config.backbone)
+    application = is_application(config.backbone)
     if not cls.shares_trunk:
         resolve_split(None, config.split_at, cls.__name__, shares_trunk=False)
         return
@@ -436,7 +436,8 @@ def build_backbone(config, image_shape):
         FileNotFoundError: `config.backbone_weights` is not a file.
         ValueError: it holds the weights of another architecture.
     """
-    from keras_pcl.training import applications
+    from keras_pcl.backbones import applications
+    from keras_pcl.backbones import is_application
 
     regularizer = None
     if config.weight_decay:
@@ -445,7 +446,7 @@ def build_backbone(config, image_shape):
         regularizer = keras.regularizers.L2(config.weight_decay / 2)
     kwargs = dict(input_shape=image_shape, kernel_regularizer=regularizer)
     weights = config.backbone_weights
-    if applications.is_application(config.backbone):
+    if is_application(config.backbone):
         kwargs.update(
             weights="imagenet" if weights == "imagenet" else None,
             alpha=config.backbone_alpha,
@@ -469,13 +470,14 @@ def model_preprocessing(config, backbone, splits):
     * else the per-channel standardisation of the dataset (published
       CIFAR and ImageNet statistics, or measured on the training split).
     """
+    from keras_pcl.backbones import applications
+    from keras_pcl.backbones import is_application
     from keras_pcl.data import normalization_layer
     from keras_pcl.splitting import own_preprocessing
-    from keras_pcl.training import applications
 
     if own_preprocessing(backbone) is not None:
         return None
-    if applications.is_application(config.backbone):
+    if is_application(config.backbone):
         layer = applications.application_preprocessing(config.backbone)
         if layer is not None:
             return layer

@@ -31,10 +31,26 @@ def test_resnet110_is_the_bottleneck_network():
     "name, match",
     [
         ("resnet-32", r"Did you mean \['resnet32'.*Received: name='resnet-32'"),
-        ("mobilenet", r"'densenet40_12', 'resnet18'\]\..*Received: name='mobilenet'"),
+        ("mobilenet", r"Did you mean \['MobileNet', .*Received: name='mobilenet'"),
+        ("VGG-16", r"Did you mean \['VGG16'.*Received: name='VGG-16'"),
+        ("resnet9", r"D = 6n \+ 2.*Received: name='resnet9'"),
         (32, "Received: name=32"),
     ],
 )
 def test_unknown_name_lists_the_valid_ones(name, match):
     with pytest.raises(ValueError, match=match):
         backbones.get(name)
+
+
+def test_resnet_of_any_6n_plus_2_depth_is_a_cifar_resnet():
+    backbone = backbones.get("resnet8", input_shape=(8, 8, 3))
+    assert isinstance(backbone, backbones.CIFARResNet) and backbone.depth == 8
+    assert "resnet8" not in backbones.names()  # Not one of the paper's networks.
+
+
+def test_training_resolves_names_through_the_registry():
+    from keras_pcl import training
+
+    assert training.build_backbone_fn("resnet20") is backbones.builder("resnet20")
+    with pytest.raises(ValueError, match=r"`backbone` must be .*backbone='resnet-8'"):
+        training.build_backbone_fn("resnet-8")

@@ -1,10 +1,11 @@
-"""`keras.applications` backbones for `keras-pcl train --backbone=MobileNetV2`.
+"""`keras.applications` networks as backbones (`get("MobileNetV2", ...)`).
 
 A name of `keras.applications` (`MobileNetV2`, `EfficientNetB0`,
-`ResNet50`, ...) builds that network as a PCL backbone: `include_top=False,
-pooling="avg"`, at the resolution of the training images, with random
-weights (`weights=None`), then the weights of `backbone_weights` (a
-`.weights.h5` file) or Keras' ImageNet download (`"imagenet"`).
+`ResNet50`, ...) builds that network as a PCL backbone through
+`keras_pcl.backbones.get`, the one resolver of backbone names:
+`include_top=False, pooling="avg"`, at the resolution of the training
+images, with random weights (`weights=None`) or Keras' ImageNet download
+(`"imagenet"`); `load_backbone_weights` then loads a `.weights.h5` file.
 
 `application_preprocessing` gives the model the input scaling that the
 family's weights were trained with: its `preprocess_input`, as a layer.
