@@ -5,7 +5,8 @@ function below wraps one private attribute or one backend quirk, says why
 no public API does the job, and which Keras version it was written against
 (Keras 3.15, TensorFlow 2.21, torch 2.13). `tests/compat_test.py` checks
 that each of them still behaves as assumed, so an upgrade that breaks one
-fails there, by name, rather than deep inside a training step.
+fails there, by name, rather than deep inside a training step, and reads
+the package's source to check that no private name is used anywhere else.
 """
 
 import contextlib
@@ -28,14 +29,71 @@ def aggregate_additional_loss(model, loss):
     return model._aggregate_additional_loss(loss)
 
 
-def clear_initial_epoch(model):
-    """Undoes the epoch that `BackupAndRestore.on_train_begin` sets.
+def flatten_layers(layer):
+    """Every layer nested inside `layer` (not `layer` itself), recursively.
 
-    `BackupAndRestore` stores the restored epoch in the private
-    `model._initial_epoch`, which overrides the `initial_epoch` of the next
-    `fit`; `keras_pcl.training` starts each `fit` at the right epoch itself.
+    `Layer._flatten_layers` is how Keras itself walks nested layers; the
+    public `Model.layers` lists the top level only, and a KerasHub or
+    keras.applications block hides its sublayers from it.
     """
-    model._initial_epoch = None
+    return list(layer._flatten_layers(include_self=False))
+
+
+def compiled_metrics(model):
+    """The container of the metrics passed to `compile(metrics=...)`, or None.
+
+    Keras keeps it in the private `Trainer._compile_metrics`; `model.metrics`
+    lists its members only once built. keras-pcl's models ask whether there
+    is one (to retrace when the deployed peer changes) and build it in
+    their first trace when training skips it.
+    """
+    return getattr(model, "_compile_metrics", None)
+
+
+def keras_mask(tensor):
+    """The Keras mask attached to `tensor`, or None (`keras.Layer` sets it)."""
+    return getattr(tensor, "_keras_mask", None)
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` with its private parts named.
+
+    The one place that reaches into the parent class: a subclass overrides
+    `save_backup` (called wherever Keras backs up, i.e. Keras' private
+    `_save_model`), calls `write_backup` for Keras' own writing, and reads
+    the file paths from the properties below, which Keras keeps private.
+    """
+
+    def _save_model(self):
+        self.save_backup()
+
+    def save_backup(self):
+        """Called at each save point; writes the backup (`write_backup`)."""
+        self.write_backup()
+
+    def write_backup(self):
+        """Keras' own writing of the weights and the training metadata."""
+        super()._save_model()
+
+    @property
+    def weights_path(self):
+        """The newest backup's weights file."""
+        return self._weights_path
+
+    @property
+    def previous_weights_path(self):
+        """The previous backup's weights file (Keras' `.bkp`)."""
+        return self._prev_weights_path
+
+    @property
+    def metadata_path(self):
+        """The newest backup's epoch and batch (JSON)."""
+        return self._training_metadata_path
+
+    @property
+    def previous_metadata_path(self):
+        """The previous backup's epoch and batch (JSON)."""
+        return self._prev_training_metadata_path
 
 
 def keras_history(tensor):

@@ -14,6 +14,7 @@ import os
 
 import keras
 
+from keras_pcl import _compat
 from keras_pcl.export import CLASS_NAMES_FILE
 from keras_pcl.export import export_peer as _export_peer
 from keras_pcl.validation import check_class_names
@@ -137,7 +138,7 @@ class PeerDeployment:
             # `predict` was traced for the previous peer; so were `evaluate`
             # and `fit` where compiled metrics score the deployed network.
             self.predict_function = None
-            if getattr(self, "_compile_metrics", None) is not None:
+            if _compat.compiled_metrics(self) is not None:
                 self.test_function = None
                 self._train_function_stale = True
 

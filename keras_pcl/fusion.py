@@ -34,6 +34,7 @@ Keras 3.15), node by node, on the private `Node` attributes `arguments`,
 import keras
 from keras import ops
 
+from keras_pcl import _compat
 from keras_pcl import fast_paths
 from keras_pcl._compat import inbound_node
 from keras_pcl.validation import check_bool
@@ -437,7 +438,7 @@ def _fast_path_applies(layer, args, kwargs, num_views, training):
     if len(args) != 1 or kwargs.get("mask") is not None:
         return False
     inputs = args[0] if isinstance(args[0], (list, tuple)) else [args[0]]
-    if any(getattr(t, "_keras_mask", None) is not None for t in inputs):
+    if any(_compat.keras_mask(t) is not None for t in inputs):
         return False  # `Layer.__call__` would propagate the mask.
     if type(layer) is keras.layers.BatchNormalization and num_views != 1:
         return False  # Per-view statistics: `_batch_norm`.

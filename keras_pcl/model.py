@@ -24,6 +24,7 @@ in `keras_pcl.multi_branch.MultiBranchModel`.
 import keras
 from keras import ops
 
+from keras_pcl import _compat
 from keras_pcl.losses import pcl_loss
 from keras_pcl.mean_teacher import ema_decay_warning
 from keras_pcl.mean_teacher import freeze_variable
@@ -375,7 +376,7 @@ class PeerCollaborativeModel(MultiBranchModel):
             kept = [t.name for t in self.loss_trackers if t.name not in skipped]
             kept += [m.name for m in self.accuracy_metrics if m.name not in skipped]
             kept += ["loss", "consistency_weight"]
-            compiled = getattr(self, "_compile_metrics", None)
+            compiled = _compat.compiled_metrics(self)
             if compiled is not None and not compiled.built:
                 # Built (shapes only: a peer's logits stand in for the
                 # deployed teacher's), as Keras would in this first trace:

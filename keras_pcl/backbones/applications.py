@@ -19,6 +19,8 @@ import warnings
 import keras
 import numpy as np
 
+from keras_pcl import _compat
+
 
 def application_names():
     """The names of the `keras.applications` constructors, sorted."""
@@ -76,7 +78,7 @@ def add_kernel_regularizer(model, regularizer):
     configs, get it too) and so are their built kernels' (which Keras reads
     in `Layer.losses`).
     """
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.flatten_layers(model):
         for attribute in ("kernel", "depthwise_kernel"):
             variable = getattr(layer, attribute, None)
             if isinstance(variable, keras.Variable):

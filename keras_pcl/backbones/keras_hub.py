@@ -44,6 +44,7 @@ import difflib
 import keras
 import numpy as np
 
+from keras_pcl import _compat
 from keras_pcl import splitting
 from keras_pcl._compat import keras_history
 from keras_pcl.validation import raise_invalid
@@ -574,7 +575,7 @@ def _set_kernel_regularizer(backbone, regularizer):
             continue
         inner = [
             sub.name
-            for sub in layer._flatten_layers(include_self=False)
+            for sub in _compat.flatten_layers(layer)
             if getattr(sub, "kernel", None) is not None
         ]
         if inner:

@@ -28,6 +28,7 @@ import warnings
 
 import keras
 
+from keras_pcl import _compat
 from keras_pcl.callbacks import NonFiniteError
 from keras_pcl.callbacks import non_finite_message
 from keras_pcl.callbacks import non_finite_weights
@@ -54,7 +55,7 @@ class DamagedBackupError(ValueError):
     """No backup of a workdir can be read, and some are damaged."""
 
 
-class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
+class _RestoreOnceBackup(_compat.BackupAndRestore):
     """`BackupAndRestore` that restores at its first `on_train_begin` only.
 
     `train` calls that first one itself, before `fit`, and starts each `fit`
@@ -84,7 +85,7 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
         self._saved_step = None
         self.restored_from = None
 
-    def _save_model(self):
+    def save_backup(self):
         if not self._writer:
             return
         # The last step's results first: JAX runs steps asynchronously, and
@@ -100,13 +101,13 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
                 )
             )
         with cluster.without_distribution():
-            super()._save_model()
+            self.write_backup()
         self._saved_step = step
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.save_freq != "epoch":  # Every epoch too: short runs.
-            self._save_model()
+            self.save_backup()
 
     def on_train_begin(self, logs=None):
         if self._restored:
@@ -133,7 +134,7 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
                 f"built before `fit`. Received: model={self.model.name!r}"
             )
         damaged = []
-        for path in (self._weights_path, self._prev_weights_path):
+        for path in (self.weights_path, self.previous_weights_path):
             if not os.path.exists(path):
                 continue
             optimizer = self.model.optimizer
@@ -193,8 +194,8 @@ class _RestoreOnceBackup(keras.callbacks.BackupAndRestore):
                 aside = f"{path}.damaged.{count}"
             os.replace(path, aside)
             metadata = {
-                self._weights_path: self._training_metadata_path,
-                self._prev_weights_path: self._prev_training_metadata_path,
+                self.weights_path: self.metadata_path,
+                self.previous_weights_path: self.previous_metadata_path,
             }[path]
             if os.path.exists(metadata):
                 os.replace(metadata, aside.replace(path, metadata))
