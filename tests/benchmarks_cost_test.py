@@ -6,15 +6,13 @@ import pathlib
 
 import pytest
 
-from tests.ci_budget import torch_only_in_ci
-
 PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "cost.py"
 _spec = importlib.util.spec_from_file_location("cost", PATH)
 cost = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cost)
 
 # Pure Python: the same answers on every backend.
-pytestmark = torch_only_in_ci
+pytestmark = pytest.mark.backend_independent
 
 
 def test_budgets_parse_and_bad_ones_name_the_item():

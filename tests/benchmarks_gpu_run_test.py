@@ -18,8 +18,7 @@ import sys
 import tarfile
 
 import numpy as np
-
-from tests.ci_budget import torch_only_in_ci
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_run.py")
@@ -61,7 +60,7 @@ def run(args, env=None, timeout=300):
     )
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_dry_run_runs_every_step_and_packs_the_results(tmp_path):
     bundle = tmp_path / "tiny.npz"
     write_bundle(bundle)
@@ -115,7 +114,7 @@ def test_dry_run_runs_every_step_and_packs_the_results(tmp_path):
     assert any(n.startswith("gpu_results/exported/") for n in names)
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_preflight_stops_before_measuring_and_says_what_is_missing(tmp_path):
     # A machine without Keras (as the GPU machine is): a `keras` that does not
     # import, first on the path.

@@ -13,7 +13,7 @@ import pathlib
 import subprocess
 import sys
 
-from tests.ci_budget import torch_only_in_ci
+import pytest
 
 SCRIPT = pathlib.Path(__file__).parents[1] / "benchmarks" / "throughput.py"
 TINY = [
@@ -38,7 +38,7 @@ def _run(*args):
     )
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_times_each_dtype_policy_side_by_side(tmp_path):
     out = tmp_path / "throughput.json"
     result = _run("--mixed_precision=none,bfloat16", f"--json={out}")
@@ -68,7 +68,7 @@ def test_times_each_dtype_policy_side_by_side(tmp_path):
     assert "mixed_bfloat16: PCL/vanilla" in result.stdout
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_rejects_an_unknown_policy_naming_the_flag():
     result = _run("--mixed_precision=none,fp8")
     assert result.returncode != 0

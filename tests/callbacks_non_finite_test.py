@@ -12,7 +12,6 @@ import keras_pcl
 from keras_pcl.callbacks import NonFiniteError
 from keras_pcl.callbacks import TerminateOnNonFinite
 from keras_pcl.training import resume
-from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import tiny_backbone
 
@@ -79,7 +78,10 @@ def test_steps_per_execution_still_sees_a_nan_inside_an_execution():
     assert steps_done(model) == 3  # the end of that execution
 
 
-@torch_only_in_ci  # The callback's Python on the flag tested above (ci_budget).
+# The callback's Python on the flag tested above (ci_budget).
+
+
+@pytest.mark.backend_independent
 def test_graceful_mode_sets_stop_training(capsys):
     model = make_model()
     x, y = data_with_a_nan_pixel(batch_index=1)
@@ -103,7 +105,10 @@ def test_the_last_good_backup_survives_a_nan(tmp_path):
     assert int(keras.ops.convert_to_numpy(restored.step_counter.value)) in (2, 3)
 
 
-@torch_only_in_ci  # A host-side check of the weights: the same everywhere.
+# A host-side check of the weights: the same everywhere.
+
+
+@pytest.mark.backend_independent
 def test_the_backup_itself_refuses_to_write_non_finite_weights(tmp_path):
     # Without the stop (or with it after the backup): the backup raises.
     model = make_model()
@@ -148,7 +153,10 @@ class PoisonAWeight(keras.callbacks.Callback):
             variable.assign(keras.ops.full(variable.shape, float("nan")))
 
 
-@torch_only_in_ci  # `train`'s callbacks, the same on every backend (ci_budget).
+# `train`'s callbacks, the same on every backend (ci_budget).
+
+
+@pytest.mark.backend_independent
 def test_the_recipe_stops_and_keeps_the_last_good_backup(tmp_path):
     from keras_pcl import training
     from tests.examples.quickstart_test import write_image_folder

@@ -1,23 +1,26 @@
 """Which tests CI skips on some backends, and how to run them all.
 
+The markers `backend_independent` and `slow_on_jax` (`tests/conftest.py`)
+select them; this page says why each test carries one.
+
 CI runs the suite once per backend on 2 CPU cores within a time budget.
 
 * On JAX, building a network compiles one XLA program per distinct weight
   shape (random initialisers): the full-size paper networks and the
   keras.applications models take minutes to build. Their checks are about
   the architecture and give the same answer on every backend; they run on
-  TensorFlow and torch (`slow_on_jax`).
+  TensorFlow and torch (`@pytest.mark.slow_on_jax`).
 * A PCL training step of the fixed-size networks (VGG-16, ResNet-18,
   MobileNetV2) is compiled by XLA on JAX and traced by `tf.function` on
   TensorFlow, half a minute to a minute and a half each; torch runs it
-  eagerly in seconds, so CI runs those on torch (`torch_only_in_ci`). So
+  eagerly in seconds, so CI runs those on torch (`@pytest.mark.backend_independent`). So
   does the step (with an export and a reload) of the small bottleneck
   ResNet and DenseNet: 28-48 s each on JAX and TensorFlow (measured in CI,
   2026-11-27); the basic-block ResNet trains on every backend throughout
   `tests/model_test.py`.
 * The example scripts run end to end in a fresh process. The quickstart
   is the README's first command, which runs on the default backend,
-  TensorFlow: CI runs it there (`tensorflow_only_in_ci`; 60-95 s per
+  TensorFlow: CI runs it there (`backend_independent(on="tensorflow")`; 60-95 s per
   backend). `examples/train_cifar.py`, the ImageNet recipe's step on mock
   data and the CLI's train-then-evaluate test (40-80 s each on TensorFlow
   and JAX) run on torch only: they are thin wrappers around
@@ -32,25 +35,13 @@ CI runs the suite once per backend on 2 CPU cores within a time budget.
   run executes its cells, on 1 and 8 simulated devices at once
   (`tests/examples/colab_tpu_test.py`, skipped on the other backends
   whatever `KERAS_PCL_SLOW_TESTS` says). `benchmarks/gpu_run.py --dry_run`
-  only starts child processes, on torch (`torch_only_in_ci`).
+  only starts child processes, on torch (`@pytest.mark.backend_independent`).
 
 `KERAS_PCL_SLOW_TESTS=1` runs every test on every backend.
 """
 
 import os
 
-import keras
-import pytest
-
-RUN_ALL = _ALL = bool(os.environ.get("KERAS_PCL_SLOW_TESTS"))
-_BACKEND = keras.backend.backend()
-
-SKIP_SLOW_ON_JAX = _BACKEND == "jax" and not _ALL
-SKIP_UNLESS_TORCH = _BACKEND != "torch" and not _ALL
-SKIP_UNLESS_TENSORFLOW = _BACKEND != "tensorflow" and not _ALL
+RUN_ALL = bool(os.environ.get("KERAS_PCL_SLOW_TESTS"))
 
 REASON = "CI time budget, see tests/ci_budget.py (KERAS_PCL_SLOW_TESTS=1 runs it)"
-
-slow_on_jax = pytest.mark.skipif(SKIP_SLOW_ON_JAX, reason=REASON)
-torch_only_in_ci = pytest.mark.skipif(SKIP_UNLESS_TORCH, reason=REASON)
-tensorflow_only_in_ci = pytest.mark.skipif(SKIP_UNLESS_TENSORFLOW, reason=REASON)

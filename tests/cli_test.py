@@ -10,7 +10,6 @@ import pytest
 
 import keras_pcl
 from keras_pcl import cli
-from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import tiny_backbone
 
@@ -101,7 +100,7 @@ def test_bad_usage_exits_with_code_2(capsys):
     assert exit.value.code == cli.EXIT_USAGE
 
 
-@torch_only_in_ci  # Argument parsing: backend-independent.
+@pytest.mark.backend_independent  # Argument parsing: backend-independent.
 def test_flags_are_not_abbreviated(capsys):
     parser = cli.build_parser()
     for argv in (["train", "--epoch=3"], ["train", "--lr_decay=1"]):
@@ -112,7 +111,10 @@ def test_flags_are_not_abbreviated(capsys):
     assert parser.parse_args(["train", "--epochs=3"]).epochs == 3
 
 
-@torch_only_in_ci  # Refused before the checkpoint is read: backend-independent.
+# Refused before the checkpoint is read: backend-independent.
+
+
+@pytest.mark.backend_independent
 def test_export_refuses_a_format_that_the_extension_contradicts(tmp_path, capsys):
     output = str(tmp_path / "model.onnx")
     code = cli.main(["export", "missing.keras", output, "--format=tf_saved_model"])
@@ -196,7 +198,10 @@ def test_a_bad_malloc_switch_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     assert "KERAS_PCL_CONFIGURE_MALLOC must be '1'" in lines[0]
 
 
-@torch_only_in_ci  # `keras_pcl.training.train` runs on every backend elsewhere.
+# `keras_pcl.training.train` runs on every backend elsewhere.
+
+
+@pytest.mark.backend_independent
 def test_train_then_evaluate_the_checkpoint_and_its_export(
     tmp_path, capsys, monkeypatch
 ):
@@ -268,7 +273,10 @@ def test_train_and_evaluate_errors_are_one_line(tmp_path, capsys):
     assert exit.value.code == cli.EXIT_USAGE
 
 
-@torch_only_in_ci  # `fit` timing on every backend is in tests of the library.
+# `fit` timing on every backend is in tests of the library.
+
+
+@pytest.mark.backend_independent
 def test_benchmark_times_each_method_against_vanilla(capsys, monkeypatch):
     process_calls = record_process_configuration(monkeypatch)
     code = cli.main(

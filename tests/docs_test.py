@@ -12,9 +12,6 @@ import re
 import keras
 import pytest
 
-from tests import ci_budget
-from tests.ci_budget import torch_only_in_ci
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,7 +27,7 @@ def test_the_page_has_a_recipe_for_each_question():
 
 
 # Backend-independent: checked once, on torch (tests/ci_budget.py).
-ONCE = torch_only_in_ci
+ONCE = pytest.mark.backend_independent
 
 
 @ONCE
@@ -144,10 +141,14 @@ def small_world(tmp_path, monkeypatch):
     return namespace, tfds.testing.mock_data(num_examples=8)
 
 
-@pytest.mark.parametrize("page", sorted(PAGES))
+@pytest.mark.parametrize(
+    "page",
+    [
+        pytest.param(page, marks=pytest.mark.backend_independent(on=PAGES[page]))
+        for page in sorted(PAGES)
+    ],
+)
 def test_docs_snippets_run(page, tmp_path, monkeypatch):
-    if keras.backend.backend() != PAGES[page] and not ci_budget.RUN_ALL:
-        pytest.skip(f"{page} runs on {PAGES[page]} in CI ({ci_budget.REASON})")
     namespace, mock_tfds = small_world(tmp_path, monkeypatch)
     blocks = python_blocks(os.path.join(ROOT, page))
     assert blocks

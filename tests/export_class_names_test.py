@@ -10,8 +10,6 @@ import pytest
 import keras_pcl
 from keras_pcl import export
 from keras_pcl.training import evaluation
-from tests.ci_budget import RUN_ALL
-from tests.ci_budget import torch_only_in_ci
 from tests.data.images import CLASSES
 from tests.data.images import make_folder
 from tests.testing import tiny_backbone
@@ -52,8 +50,18 @@ FORMATS = [
     # TensorFlow writes a SavedModel and ONNX too, through the same code, in
     # 23 s and 12 s (JAX's SavedModel: 3 s, torch's ONNX: 2 s): CI checks
     # them on JAX and torch (tests/ci_budget.py).
-    ("tf_saved_model", "", ("tensorflow", "jax") if RUN_ALL else ("jax",)),
-    ("onnx", ".onnx", ("tensorflow", "torch") if RUN_ALL else ("torch",)),
+    pytest.param(
+        "tf_saved_model",
+        "",
+        ("tensorflow", "jax"),
+        marks=pytest.mark.backend_independent(on="jax"),
+    ),
+    pytest.param(
+        "onnx",
+        ".onnx",
+        ("tensorflow", "torch"),
+        marks=pytest.mark.backend_independent(on="torch"),
+    ),
 ]
 
 
@@ -62,7 +70,7 @@ def test_an_export_carries_its_class_names_and_evaluate_checks_them(
     tmp_path, folders, format, suffix, backends
 ):
     if BACKEND not in backends:
-        pytest.skip(f"{format}: not on {BACKEND} in CI (keras_pcl.export, ci_budget)")
+        pytest.skip(f"{BACKEND} does not write {format} (keras_pcl.export)")
     if format == "onnx":
         pytest.importorskip("onnxruntime")
     right, renamed = folders
@@ -125,7 +133,10 @@ def test_bad_class_names_raise(names, message):
         model.class_names = names
 
 
-@torch_only_in_ci  # `keras-pcl train` + `evaluate`: thin wrappers (ci_budget.py).
+# `keras-pcl train` + `evaluate`: thin wrappers (ci_budget.py).
+
+
+@pytest.mark.backend_independent
 def test_keras_pcl_evaluate_refuses_a_folder_of_other_classes(
     tmp_path, folders, capsys
 ):

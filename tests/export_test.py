@@ -12,7 +12,6 @@ import keras_pcl
 from keras_pcl.export import FORMATS
 from keras_pcl.export import format_for_path
 from keras_pcl.export import serving_model
-from tests.ci_budget import torch_only_in_ci
 from tests.testing import colour_dataset
 from tests.testing import float32_atol
 from tests.testing import tiny_backbone
@@ -207,7 +206,7 @@ def test_peer_best_without_a_record_raises():
         model.export_peer("unused.keras", peer="best", format="keras")
 
 
-@torch_only_in_ci  # Backend-independent: file names only.
+@pytest.mark.backend_independent  # Backend-independent: file names only.
 def test_the_format_follows_the_file_extension():
     assert format_for_path("m.keras") == "keras"
     assert format_for_path("m.onnx") == "onnx"
@@ -224,7 +223,10 @@ def test_the_format_follows_the_file_extension():
         format_for_path("served/resnet32", "tflite")
 
 
-@torch_only_in_ci  # Backend-independent: refused before anything is built.
+# Backend-independent: refused before anything is built.
+
+
+@pytest.mark.backend_independent
 def test_a_saved_model_is_not_written_under_an_onnx_name(tmp_path):
     model = make_model()
     path = tmp_path / "model.onnx"

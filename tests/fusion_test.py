@@ -20,7 +20,6 @@ from keras import ops
 from keras_pcl.fusion import ViewBatchedNetwork
 from keras_pcl.fusion import fusable
 from keras_pcl.mean_teacher import freeze_variable
-from tests.ci_budget import tensorflow_only_in_ci
 from tests.testing import float32_atol
 from tests.testing import gradients
 from tests.testing import kd_magnitude
@@ -702,7 +701,7 @@ def test_fused_training_equals_separate_passes(backbone_fn, kwargs):
         np.testing.assert_allclose(a, b, rtol=0, atol=atol, err_msg=variable.path)
 
 
-@tensorflow_only_in_ci
+@pytest.mark.backend_independent(on="tensorflow")
 def test_a_keras_applications_trunk_fuses_exactly():
     """MobileNetV2's PCL trunk: fused == separate, outputs and gradients.
 

@@ -19,7 +19,7 @@ functions) and `importlib.import_module("...")` with a constant name too.
 import ast
 import os
 
-from tests.ci_budget import torch_only_in_ci
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "keras_pcl"
@@ -184,7 +184,10 @@ def cycles(graph):
     return found
 
 
-pytestmark = torch_only_in_ci  # Reads source files: the same on every backend.
+# Reads source files: the same on every backend.
+
+
+pytestmark = pytest.mark.backend_independent
 
 
 def test_every_module_is_in_exactly_one_layer():

@@ -24,9 +24,6 @@ from tests.backbones import cifar_resnet_test
 from tests.backbones import densenet_test
 from tests.backbones import imagenet_resnet_test
 from tests.backbones import vgg_test
-from tests.ci_budget import REASON
-from tests.ci_budget import SKIP_SLOW_ON_JAX
-from tests.ci_budget import SKIP_UNLESS_TORCH
 
 NUM_CLASSES = 10
 
@@ -89,10 +86,16 @@ def test_names_cover_the_paper_tables():
     assert list(backbones.BACKBONES) == backbones.names()
 
 
-@pytest.mark.parametrize("name", backbones.names())
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        if name in ("resnet20", "resnet32", "resnet56")
+        else pytest.param(name, marks=pytest.mark.slow_on_jax)
+        for name in backbones.names()
+    ],
+)
 def test_deployed_network_is_the_backbone_plus_a_classifier(name):
-    if SKIP_SLOW_ON_JAX and name not in ("resnet20", "resnet32", "resnet56"):
-        pytest.skip(REASON)
     backbone = backbones.get(name)
     model = keras_pcl.PeerCollaborativeModel(
         backbone, num_classes=NUM_CLASSES, num_peers=2
@@ -137,10 +140,16 @@ SMALL = {
 TORCH_ONLY = ("vgg16", "resnet18", "wrn20_8", "resnet20", "resnet110", "densenet40_12")
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.backend_independent)
+        if name in TORCH_ONLY
+        else name
+        for name in sorted(SMALL)
+    ],
+)
 def test_one_pcl_step_then_export_and_reload_a_peer(name, tmp_path):
-    if SKIP_UNLESS_TORCH and name in TORCH_ONLY:
-        pytest.skip(REASON)
     keras.utils.set_random_seed(0)
     backbone = SMALL[name]()
     model = keras_pcl.PeerCollaborativeModel(

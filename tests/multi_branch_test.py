@@ -12,7 +12,6 @@ import pytest
 
 import keras_pcl
 from keras_pcl.views import PixelScaleWarning
-from tests.ci_budget import slow_on_jax
 from tests.splitting_test import scaling_backbone
 from tests.testing import colour_dataset
 from tests.testing import tiny_backbone
@@ -86,7 +85,7 @@ def test_own_rescaling_trains_exactly_like_the_default_preprocessing():
     assert own["ce"][-1] < 0.8 * own["ce"][0]
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_keras_applications_preprocessing_is_not_doubled():
     backbone = keras.applications.EfficientNetB0(
         weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
@@ -226,7 +225,7 @@ def test_a_frozen_trunk_stays_put_and_its_mean_teacher_follows_it():
 # ----------------------------------------------------------------------
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_split_at_none_uses_the_recommended_split_and_says_so(capsys):
     backbone = keras.applications.MobileNetV2(
         weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)

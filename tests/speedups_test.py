@@ -9,7 +9,6 @@ import pytest
 
 import keras_pcl
 from keras_pcl import speedups
-from tests.ci_budget import torch_only_in_ci
 from tests.testing import tiny_backbone
 
 BACKEND = keras.backend.backend()
@@ -110,7 +109,7 @@ def test_a_model_uses_says_and_saves_its_policy(monkeypatch, caplog):
     assert clone.speedups == model.speedups
 
 
-@torch_only_in_ci  # Reads files: the same on every backend.
+@pytest.mark.backend_independent  # Reads files: the same on every backend.
 def test_every_figure_in_the_table_is_the_committed_one():
     """Each entry names a file in benchmarks/results/ that shows its speed-up.
 

@@ -11,8 +11,6 @@ from keras_pcl.splitting import fresh_clone
 from keras_pcl.splitting import recommended_split
 from keras_pcl.splitting import split_backbone
 from keras_pcl.splitting import split_candidates
-from tests.ci_budget import slow_on_jax
-from tests.ci_budget import torch_only_in_ci
 from tests.testing import tiny_backbone
 
 
@@ -142,7 +140,7 @@ def test_hand_written_skip_connection_model_end_to_end():
     ]
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_mobilenet_v2_end_to_end():
     backbone = keras.applications.MobileNetV2(
         weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
@@ -164,7 +162,7 @@ def test_mobilenet_v2_end_to_end():
         (keras.applications.MobileNetV3Large, "expanded_conv_11_add"),
     ],
 )
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_recommended_splits_for_keras_applications(application, name):
     backbone = application(
         weights=None, include_top=False, pooling="avg", input_shape=(32, 32, 3)
@@ -237,7 +235,7 @@ def test_feature_layers_ending_in_dense_are_accepted():
     )
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_keras_applications_with_top_is_refused():
     backbone = keras.applications.MobileNetV2(
         weights=None, include_top=True, input_shape=(32, 32, 3), classes=10
@@ -275,7 +273,7 @@ def test_own_preprocessing_finds_a_leading_rescaling_or_normalization():
     assert own_preprocessing(keras.Model(inputs, features)) is None
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_own_preprocessing_of_keras_applications():
     from keras_pcl.splitting import own_preprocessing
 

@@ -7,11 +7,10 @@ import pytest
 from keras_pcl import cli
 from keras_pcl.training import TrainConfig
 from keras_pcl.training import equal_cost
-from tests.ci_budget import torch_only_in_ci
 from tests.data.images import make_folder
 
 
-@torch_only_in_ci  # Pure Python: the same answer on every backend.
+@pytest.mark.backend_independent  # Pure Python: the same answer on every backend.
 def test_the_plain_run_gets_the_ratio_times_the_epochs_and_schedule(tmp_path):
     config = TrainConfig(
         epochs=30, lr_decay_epochs=(15, 22.5), rampup_epochs=8, workdir=str(tmp_path)
@@ -25,7 +24,7 @@ def test_the_plain_run_gets_the_ratio_times_the_epochs_and_schedule(tmp_path):
         equal_cost.plain_config(config, 0)
 
 
-@torch_only_in_ci  # Checked before anything is built.
+@pytest.mark.backend_independent  # Checked before anything is built.
 def test_bad_comparisons_raise_before_training(tmp_path):
     with pytest.raises(ValueError, match="method='vanilla'"):
         equal_cost.compare(TrainConfig(method="vanilla", workdir=str(tmp_path)))
@@ -39,7 +38,7 @@ def test_bad_comparisons_raise_before_training(tmp_path):
 
 
 # Thin over `keras_pcl.training.train`, which runs on every backend elsewhere.
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_compare_on_a_tiny_image_folder(tmp_path, capsys):
     images = tmp_path / "images"
     make_folder(str(images), per_class=(12, 12, 12), size=8)

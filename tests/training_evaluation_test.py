@@ -3,9 +3,8 @@
 import pytest
 
 from keras_pcl import cli
-from tests.ci_budget import torch_only_in_ci
 
-pytestmark = torch_only_in_ci  # File checks before any backend work.
+pytestmark = pytest.mark.backend_independent  # File checks before any backend work.
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from keras_pcl.data.pipeline import DataSplits
 from keras_pcl.training import config as config_module
 from keras_pcl.training import job
 from keras_pcl.views import PixelScaleWarning
-from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 
@@ -159,7 +158,10 @@ def test_keras_pcl_train_epochs_30_ramps_up_over_a_quarter_of_the_run():
     assert schedule.warnings == {}
 
 
-@torch_only_in_ci  # `train` itself runs on every backend in training_test.py.
+# `train` itself runs on every backend in training_test.py.
+
+
+@pytest.mark.backend_independent
 def test_a_short_run_distils_at_full_weight_and_says_its_data_and_schedule(
     tmp_path, capsys
 ):

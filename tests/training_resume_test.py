@@ -10,7 +10,6 @@ import pytest
 
 from keras_pcl import training
 from keras_pcl.training import resume
-from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 
@@ -126,7 +125,7 @@ def test_a_second_damaged_copy_does_not_overwrite_the_first(tmp_path):
     assert os.path.exists(f"{latest}.damaged")
 
 
-@torch_only_in_ci  # Pure Python: the same on every backend.
+@pytest.mark.backend_independent  # Pure Python: the same on every backend.
 def test_describe_resume_names_the_path_step_and_1_based_epoch():
     line = resume.describe_resume("w/backup/latest.weights.h5", 7, 5, 2)
     assert line == (
@@ -156,7 +155,10 @@ def tiny_config(data, workdir, **overrides):
     return training.TrainConfig(**config)
 
 
-@torch_only_in_ci  # `train`'s own Python, the same on every backend (see above).
+# `train`'s own Python, the same on every backend (see above).
+
+
+@pytest.mark.backend_independent
 def test_a_rerun_says_where_it_resumes_and_warns_before_overwriting(tmp_path, capsys):
     data = str(tmp_path / "images")
     write_image_folder(data, classes=3, per_class=4, size=8)
@@ -178,7 +180,7 @@ def test_a_rerun_says_where_it_resumes_and_warns_before_overwriting(tmp_path, ca
         training.train(tiny_config(data, workdir, epochs=2))
 
 
-@torch_only_in_ci  # File-system checks before any backend work.
+@pytest.mark.backend_independent  # File-system checks before any backend work.
 def test_a_workdir_that_cannot_be_written_is_refused_before_training(
     tmp_path, monkeypatch
 ):

@@ -15,8 +15,6 @@ import pytest
 
 from keras_pcl import training
 from keras_pcl.training import resume
-from tests.ci_budget import slow_on_jax
-from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resumable_run.py")
@@ -248,7 +246,10 @@ def test_train_restores_the_process_state_when_it_raises(tmp_path, monkeypatch):
     assert _process_state() == before
 
 
-@torch_only_in_ci  # `train` runs on every backend in the SIGKILL resume test.
+# `train` runs on every backend in the SIGKILL resume test.
+
+
+@pytest.mark.backend_independent
 def test_a_baseline_without_validation_exports_its_deploy_peer_and_says_so(
     tmp_path, capsys
 ):
@@ -412,7 +413,7 @@ def small_mobilenet_config(tmp_path, **overrides):
     return training.TrainConfig(**values)
 
 
-@slow_on_jax  # Building MobileNetV2 compiles a program per weight shape.
+@pytest.mark.slow_on_jax  # Building MobileNetV2 compiles a program per weight shape.
 def test_an_application_backbone_gets_weight_decay_and_checked_weights(tmp_path):
     config = small_mobilenet_config(tmp_path)
     backbone = training.build_backbone(config, (32, 32, 3))
@@ -443,7 +444,7 @@ def test_an_application_backbone_gets_weight_decay_and_checked_weights(tmp_path)
         training.build_backbone(missing, (32, 32, 3))
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_imagenet_weights_are_keras_own_download(tmp_path, monkeypatch):
     calls = []
     real = keras.applications.MobileNetV2

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from keras_pcl import backbones
-from tests.ci_budget import SKIP_SLOW_ON_JAX
 
 # The smallest network of each built-in class. VGG-16 and ResNet-18 have
 # fixed widths and need 32x32 images: minutes to build on JAX
@@ -32,6 +31,15 @@ SMALL = {
 }
 FULL_SIZE = ("VGG16BN", "ImageNetResNet")
 
+
+def names():
+    """`sorted(SMALL)`, the full-size networks marked `slow_on_jax`."""
+    return [
+        pytest.param(name, marks=pytest.mark.slow_on_jax) if name in FULL_SIZE else name
+        for name in sorted(SMALL)
+    ]
+
+
 # JAX without `jax_enable_x64` stores float64 as float32 (and warns); the
 # policies, which is what these tests check, are float64 all the same.
 pytestmark = pytest.mark.filterwarnings(
@@ -40,8 +48,6 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def small(name, **kwargs):
-    if SKIP_SLOW_ON_JAX and name in FULL_SIZE:
-        pytest.skip("CI time budget, see tests/ci_budget.py")
     cls, init_kwargs = SMALL[name]
     return cls(**init_kwargs, **kwargs)
 
@@ -95,12 +101,12 @@ def layer_dtypes(model):
     }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", names())
 def test_config_round_trip(name):
     run_config_round_trip(small(name, kernel_regularizer=keras.regularizers.L2(1e-4)))
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", names())
 def test_float64_config_round_trip(name):
     model = small(name, dtype="float64")
     assert model.dtype_policy.name == "float64"

@@ -6,7 +6,6 @@ import pytest
 
 from keras_pcl.backbones import CIFARBottleneckResNet
 from keras_pcl.backbones import resnet110
-from tests.ci_budget import slow_on_jax
 
 
 def expected_parameters(depth, width_factor=1, num_classes=None):
@@ -30,14 +29,14 @@ def expected_parameters(depth, width_factor=1, num_classes=None):
     return count
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_resnet110_parameter_count():
     model = resnet110()
     assert model.count_params() == expected_parameters(110)
     assert model.name == "cifar_bottleneck_resnet110"
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_structure_and_default_split():
     model = resnet110()
     assert model.output.shape == (None, 256)

@@ -5,7 +5,6 @@ import pytest
 
 from keras_pcl.backbones import CIFARDenseNet
 from keras_pcl.backbones import densenet40_12
-from tests.ci_budget import slow_on_jax
 
 
 def expected_parameters(depth=40, growth=12, num_classes=None):
@@ -30,7 +29,7 @@ def expected_parameters(depth=40, growth=12, num_classes=None):
     return count, channels
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_parameter_count_and_features():
     model = densenet40_12()
     count, features = expected_parameters()
@@ -38,7 +37,7 @@ def test_parameter_count_and_features():
     assert features == 132 and model.output.shape == (None, 132)
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_channels_and_default_split():
     model = densenet40_12()
     assert model.name == "densenet40_12"

@@ -5,7 +5,6 @@ import pytest
 
 from keras_pcl.backbones import ImageNetResNet
 from keras_pcl.backbones import resnet18
-from tests.ci_budget import slow_on_jax
 
 # torchvision.models.resnet18(num_classes=1000): 11,689,512 parameters
 # (resnet34: 21,797,672). Keras also counts BN moving mean and variance:
@@ -21,7 +20,7 @@ def with_classifier(model, num_classes=1000):
 
 
 @pytest.mark.parametrize("depth", [18, 34])
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_parameter_count_matches_torchvision(depth):
     model = with_classifier(ImageNetResNet(depth=depth))
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
@@ -29,7 +28,7 @@ def test_parameter_count_matches_torchvision(depth):
     assert model.count_params() == PUBLISHED[depth] + 2 * BN_CHANNELS[depth]
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_shapes_and_default_split():
     model = resnet18()
     assert model.input.shape == (None, 224, 224, 3)
@@ -53,7 +52,7 @@ def test_bad_arguments_raise(kwargs, match):
         ImageNetResNet(**kwargs)
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_config_round_trip():
     model = resnet18(input_shape=(32, 32, 3))
     clone = ImageNetResNet.from_config(model.get_config())

@@ -22,7 +22,6 @@ from keras_pcl.backbones import keras_hub as pcl_hub  # noqa: E402
 from keras_pcl.backbones.keras_hub import KerasHubBackbone  # noqa: E402
 from keras_pcl.backbones.keras_hub import from_keras_hub  # noqa: E402
 from keras_pcl.backbones.keras_hub import preprocessing_from_keras_hub  # noqa: E402
-from tests.ci_budget import slow_on_jax  # noqa: E402
 
 SHAPE = (16, 16, 3)
 
@@ -103,7 +102,7 @@ def test_max_pooling_and_names():
     assert named.name == "hub_resnet"
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 @pytest.mark.parametrize(
     "family, split",
     [
@@ -340,7 +339,7 @@ def test_refuses_preset_arguments_with_an_instance():
         from_keras_hub(small_resnet(), image_shape=SHAPE, load_weights=False)
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_refuses_vit_whose_layers_do_not_rebuild_from_their_config():
     # keras-hub 0.32: ViTPatchingAndEmbedding's config has keys that its
     # constructor refuses, and PCL copies every layer from its config.
@@ -351,7 +350,7 @@ def test_refuses_vit_whose_layers_do_not_rebuild_from_their_config():
         from_keras_hub(small_vit(), image_shape=(8, 8, 3))
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_refuses_a_hub_config_that_rebuilds_another_network():
     # keras-hub 0.32: EfficientNetBackbone.get_config leaves out
     # `num_features`, so its config rebuilds a 1280-feature head.

@@ -5,7 +5,6 @@ import pytest
 
 from keras_pcl.backbones import VGG16BN
 from keras_pcl.backbones import vgg16
-from tests.ci_budget import slow_on_jax
 
 WIDTHS = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
 
@@ -23,13 +22,13 @@ def expected_parameters(num_classes=None):
     return count
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_parameter_count():
     model = vgg16()
     assert model.count_params() == expected_parameters()
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_convolutions_match_keras_applications_vgg16():
     # An independent definition of the same 13 convolutions: Keras' own
     # VGG16 conv base (no BN, no MLP).
@@ -42,7 +41,7 @@ def test_convolutions_match_keras_applications_vgg16():
     assert [l.filters for l in convs] == WIDTHS
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_structure_and_default_split():
     model = vgg16()
     assert model.name == "vgg16_bn"
@@ -70,7 +69,7 @@ def test_bad_arguments_raise(kwargs, match):
         VGG16BN(**kwargs)
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_config_round_trip():
     model = VGG16BN(kernel_regularizer=keras.regularizers.L2(1e-4), name="v")
     clone = VGG16BN.from_config(model.get_config())

@@ -1,19 +1,19 @@
 """WRN-20-8: wide bottleneck blocks 2/2/2 (spec section 6)."""
 
 import keras
+import pytest
 
 from keras_pcl.backbones import WideResNet
 from keras_pcl.backbones import wrn20_8
 from tests.backbones.cifar_bottleneck_resnet_test import expected_parameters
-from tests.ci_budget import slow_on_jax
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_parameter_count():
     assert wrn20_8().count_params() == expected_parameters(20, width_factor=8)
 
 
-@slow_on_jax
+@pytest.mark.slow_on_jax
 def test_inner_width_is_eight_times_the_usual():
     model = wrn20_8()
     assert model.name == "wrn20_8"

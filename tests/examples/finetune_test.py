@@ -10,9 +10,9 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from keras_pcl import training
-from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,7 +33,10 @@ def kernel(layer):
     return keras.ops.convert_to_numpy(layer.kernel)
 
 
-@torch_only_in_ci  # A thin wrapper of `train`, which runs on every backend.
+# A thin wrapper of `train`, which runs on every backend.
+
+
+@pytest.mark.backend_independent
 def test_finetune_starts_every_peer_from_the_weights_then_trains_and_exports(
     tmp_path,
 ):

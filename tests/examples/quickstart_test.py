@@ -7,8 +7,7 @@ import sys
 
 import keras
 import numpy as np
-
-from tests.ci_budget import tensorflow_only_in_ci
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "quickstart.py")
@@ -40,7 +39,10 @@ def run(args):
     )
 
 
-@tensorflow_only_in_ci  # The README's command uses the default backend.
+# The README's command uses the default backend.
+
+
+@pytest.mark.backend_independent(on="tensorflow")
 def test_quickstart_trains_compares_exports_and_reloads(tmp_path):
     """The README's first command, with a shorter schedule (digits, offline)."""
     workdir = tmp_path / "out"

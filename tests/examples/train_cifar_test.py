@@ -6,16 +6,16 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 import keras_pcl  # noqa: F401 (registers the classes that load_model reads)
-from tests.ci_budget import torch_only_in_ci
 from tests.examples.quickstart_test import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "examples", "train_cifar.py")
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_train_cifar_smoke_on_an_image_folder(tmp_path):
     data = str(tmp_path / "images")
     write_image_folder(data, classes=2, per_class=12, size=8)

@@ -1,12 +1,12 @@
 """The ImageNet recipe runs a step on `tfds.testing.mock_data`."""
 
+import pytest
 import tensorflow_datasets as tfds
 
 from keras_pcl import training
-from tests.ci_budget import torch_only_in_ci
 
 
-@torch_only_in_ci
+@pytest.mark.backend_independent
 def test_imagenet_recipe_trains_a_step_on_mock_data(tmp_path):
     config = training.imagenet_config(
         backbone="resnet8",  # the recipe's data path, a small network
