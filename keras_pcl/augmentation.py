@@ -12,6 +12,8 @@ which has static shapes and compiles with XLA/`jax.jit`. Flips use Keras'
 import keras
 from keras import ops
 
+from keras_pcl.validation import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
 class RandomPadCrop(keras.layers.Layer):
@@ -35,10 +37,7 @@ class RandomPadCrop(keras.layers.Layer):
     """
 
     def __init__(self, padding=4, seed=None, data_format=None, **kwargs):
-        if not isinstance(padding, int) or padding < 1:
-            raise ValueError(
-                f"`padding` must be an int >= 1. Received: padding={padding!r}"
-            )
+        check_int("padding", padding, minimum=1)
         super().__init__(**kwargs)
         self.padding = padding
         self.seed = seed

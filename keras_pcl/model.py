@@ -34,6 +34,7 @@ from keras_pcl.multi_branch import MultiBranchModel
 from keras_pcl.multi_branch import dense_classifier
 from keras_pcl.splitting import fresh_clone
 from keras_pcl.validation import check_bool
+from keras_pcl.validation import check_choice
 from keras_pcl.validation import check_number
 
 # How a mean teacher's batch-norm moving statistics are kept (spec section 4).
@@ -179,12 +180,9 @@ class PeerCollaborativeModel(MultiBranchModel):
         check_bool("distill_from_ensemble", distill_from_ensemble)
         check_bool("distill_from_mean_teachers", distill_from_mean_teachers)
         check_bool("views_per_peer", views_per_peer)
-        if mean_teacher_statistics not in MEAN_TEACHER_STATISTICS:
-            raise ValueError(
-                "`mean_teacher_statistics` must be one of "
-                f"{list(MEAN_TEACHER_STATISTICS)}. Received: "
-                f"mean_teacher_statistics={mean_teacher_statistics!r}"
-            )
+        check_choice(
+            "mean_teacher_statistics", mean_teacher_statistics, MEAN_TEACHER_STATISTICS
+        )
         if mean_teacher_statistics == "ema" and distill_from_mean_teachers:
             raise ValueError(
                 "`mean_teacher_statistics='ema'` needs "

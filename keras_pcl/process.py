@@ -57,6 +57,8 @@ import os
 
 import keras
 
+from keras_pcl.validation import check_int
+
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -230,10 +232,7 @@ def configure_tensorflow_threads(num_peers=3):
         RuntimeError: TensorFlow already ran an op in this process, so its
             pools are fixed: call this before building any model or tensor.
     """
-    if isinstance(num_peers, bool) or not isinstance(num_peers, int) or num_peers < 1:
-        raise ValueError(
-            f"`num_peers` must be an int >= 1. Received: num_peers={num_peers!r}"
-        )
+    check_int("num_peers", num_peers, minimum=1)
     if keras.backend.backend() != "tensorflow" or _cores() >= num_peers:
         return None
     if os.environ.get("TF_NUM_INTEROP_THREADS"):

@@ -5,6 +5,7 @@ import keras
 
 from keras_pcl.losses import kdcl_loss
 from keras_pcl.multi_branch import MultiBranchModel
+from keras_pcl.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_pcl")
@@ -56,13 +57,9 @@ class KDCLModel(MultiBranchModel):
         deploy_peer=0,
         **kwargs,
     ):
-        if isinstance(kd_weight, bool) or not (
-            isinstance(kd_weight, (int, float)) and 0 <= kd_weight <= 1
-        ):
-            raise ValueError(
-                "`kd_weight` must be a number in [0, 1]. "
-                f"Received: kd_weight={kd_weight!r}"
-            )
+        check_number(
+            "kd_weight", kd_weight, "a number in [0, 1]", lambda a: 0 <= a <= 1
+        )
         super().__init__(
             backbone,
             num_classes,

@@ -20,6 +20,7 @@ from keras_pcl.data import augment
 from keras_pcl.data import pipeline
 from keras_pcl.data.splits import balanced_split
 from keras_pcl.data.splits import check_validation_split
+from keras_pcl.validation import check_bool
 
 _READ_BATCH = 8192
 
@@ -379,10 +380,7 @@ def _builder(name, data_dir, download, manual_dir):
     """The tfds builder, prepared only when `download` asks for it."""
     import tensorflow_datasets as tfds
 
-    if not isinstance(download, bool):
-        raise ValueError(
-            f"`download` must be True or False. Received: download={download!r}"
-        )
+    check_bool("download", download)
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
         config = tfds.download.DownloadConfig(manual_dir=manual_dir)

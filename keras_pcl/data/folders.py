@@ -29,6 +29,7 @@ from keras_pcl.data import augment
 from keras_pcl.data import pipeline
 from keras_pcl.data.splits import balanced_split
 from keras_pcl.data.splits import check_validation_split
+from keras_pcl.validation import check_choice
 
 # The formats `tf.io.decode_image` reads (as in image_dataset_from_directory).
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
@@ -227,16 +228,8 @@ def image_folder(
     ```
     """
     pipeline.check_common_args(batch_size, num_views, seed, deterministic)
-    if on_corrupt not in ("skip", "error"):
-        raise ValueError(
-            "`on_corrupt` must be 'skip' or 'error'. "
-            f"Received: on_corrupt={on_corrupt!r}"
-        )
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"`interpolation` must be one of {list(INTERPOLATIONS)}. "
-            f"Received: interpolation={interpolation!r}"
-        )
+    check_choice("on_corrupt", on_corrupt, ("skip", "error"))
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
     if image_size is not None:
         image_size = _check_image_size(image_size)
     augment.check_augmentation(augmentation)  # Before the long decode.
