@@ -632,3 +632,21 @@ def test_global_batch_must_split_evenly_over_every_process_device(
         ValueError, match=r"divisible by the 4 replicas .* on 2 processes.*=6$"
     ):
         training.train(config)
+
+
+@pytest.mark.backend_independent  # The optimizer's configuration only.
+@pytest.mark.parametrize(
+    "overrides", [dict(lr_decay_fractions=()), dict(lr_decay_epochs=())]
+)
+def test_no_learning_rate_drop_keeps_the_rate_constant(overrides):
+    config = training.TrainConfig(backbone="resnet8", epochs=4, lr=0.05, **overrides)
+    config.validate()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    training.compile_model(model, config, steps_per_epoch=10)
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == (
+        pytest.approx(0.05)
+    )
+    model.optimizer.iterations.assign(39)  # The last step of the run.
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == (
+        pytest.approx(0.05)
+    )

@@ -543,18 +543,21 @@ def compile_model(model, config, steps_per_epoch):
 
     The drops are `run_schedule`'s: `config.lr_decay_fractions` of the run
     (the paper's epochs 150 and 225 of 300), or `config.lr_decay_epochs`
-    (a drop at or after the last epoch warns).
+    (a drop at or after the last epoch warns); none of either (`()`) keeps
+    the learning rate constant.
     """
     schedule = run_schedule(config, steps_per_epoch)
     if "lr_decay_epochs" in schedule.warnings:
         warnings.warn(schedule.warnings["lr_decay_epochs"], stacklevel=2)
     boundaries = list(schedule.lr_boundaries)
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries, [config.lr * 0.1**i for i in range(len(boundaries) + 1)]
-    )
+    learning_rate = config.lr  # No drop (`lr_decay_epochs=()`): constant.
+    if boundaries:
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, [config.lr * 0.1**i for i in range(len(boundaries) + 1)]
+        )
     model.compile(
         optimizer=keras.optimizers.SGD(
-            schedule, momentum=config.momentum, nesterov=True
+            learning_rate, momentum=config.momentum, nesterov=True
         ),
         jit_compile=JIT_COMPILE[config.jit_compile],
         steps_per_execution=config.steps_per_execution,
