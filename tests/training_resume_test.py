@@ -1,5 +1,6 @@
 """`keras_pcl.training.resume`: backups of short runs, damaged backups, resume line."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -197,3 +198,32 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_training(
     assert f"Received: workdir={workdir!r}" in str(error.value)
     assert loaded == []  # Before any data or training.
     assert cli.main(["train", "--dataset=digits", f"--workdir={workdir}"]) == 1
+
+
+@pytest.mark.backend_independent  # Reads and writes config.json only.
+def test_resuming_with_other_epochs_says_the_schedule_moves(tmp_path):
+    import warnings
+
+    from keras_pcl.training import resume
+
+    workdir = str(tmp_path)
+    os.makedirs(os.path.join(workdir, "backup"))
+    first = training.TrainConfig(backbone="resnet8", epochs=30, workdir=workdir)
+    resume.check_workdir_config(first)
+    longer = dataclasses.replace(first, epochs=60)
+    with pytest.warns(UserWarning) as caught:
+        resume.check_workdir_config(longer)
+    message = str(caught[0].message)
+    assert "Resuming a run of 30 epochs with epochs=60" in message
+    assert "the ramp-up ends at epoch 16, not 8" in message
+    assert "drops at epochs 30, 45, not 15, 22.5" in message
+    assert "pass --rampup_epochs=8 --lr_decay_epochs=15,22.5" in message
+    # The first run's schedule, given explicitly: nothing moves.
+    pinned = dataclasses.replace(
+        longer, rampup_epochs=8.0, lr_decay_epochs=(15.0, 22.5)
+    )
+    os.remove(os.path.join(workdir, "config.json"))
+    resume.check_workdir_config(dataclasses.replace(pinned, epochs=30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resume.check_workdir_config(pinned)

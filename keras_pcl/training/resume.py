@@ -324,6 +324,7 @@ def check_workdir_config(config, writer=True):
             for key in set(current) | set(previous)
             if key not in RESUMABLE_FIELDS and current.get(key) != previous.get(key)
         )
+        _warn_moved_schedule(previous, config)
         if changed:
             details = ", ".join(
                 f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed
@@ -340,6 +341,38 @@ def check_workdir_config(config, writer=True):
     with open(temporary, "w") as f:
         json.dump(current, f, indent=2, sort_keys=True)
     os.replace(temporary, path)
+
+
+def _warn_moved_schedule(previous, config):
+    """Warns when a resumption with other `epochs` moves a fractional schedule."""
+    from keras_pcl.training.config import epochs_of_run
+
+    before = previous.get("epochs")
+    if before == config.epochs or not isinstance(before, int):
+        return
+    moved, keep = [], []
+    if config.rampup_epochs is None:
+        old = epochs_of_run(config.rampup_fraction, before)
+        new = epochs_of_run(config.rampup_fraction, config.epochs)
+        moved.append(f"the ramp-up ends at epoch {new:g}, not {old:g}")
+        keep.append(f"--rampup_epochs={old:g}")
+    if config.lr_decay_epochs is None and config.lr_decay_fractions:
+        old = [epochs_of_run(f, before) for f in config.lr_decay_fractions]
+        new = [epochs_of_run(f, config.epochs) for f in config.lr_decay_fractions]
+        moved.append(
+            "the learning rate drops at epochs "
+            f"{', '.join(f'{e:g}' for e in new)}, not "
+            f"{', '.join(f'{e:g}' for e in old)}"
+        )
+        keep.append(f"--lr_decay_epochs={','.join(f'{e:g}' for e in old)}")
+    if moved:
+        warnings.warn(
+            f"Resuming a run of {before} epochs with epochs={config.epochs}: "
+            f"the schedule is a fraction of the run, so {'; '.join(moved)} "
+            "(from now on). To keep the first run's schedule, pass "
+            f"{' '.join(keep)}.",
+            stacklevel=3,
+        )
 
 
 def _jsonable(config):
