@@ -381,6 +381,11 @@ def main(argv):
     costs = step_costs(FLAGS.step_cost_json)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     source = os.path.basename(FLAGS.step_cost_json)
+
+    def report():
+        rows = points(FLAGS.output_dir, FLAGS.tag, budgets, costs)
+        write_report(rows, costs, FLAGS.output_dir, FLAGS.tag, source)
+
     if not FLAGS.report_only:
         first = parse_budgets(FLAGS.first) if FLAGS.first else None
         for seed, method, epochs in run_order(budgets, seeds, costs, first):
@@ -406,20 +411,8 @@ def main(argv):
             if FLAGS.dry_run:
                 continue
             subprocess.run(command, check=True)
-            write_report(
-                points(FLAGS.output_dir, FLAGS.tag, budgets, costs),
-                costs,
-                FLAGS.output_dir,
-                FLAGS.tag,
-                source,
-            )
-    write_report(
-        points(FLAGS.output_dir, FLAGS.tag, budgets, costs),
-        costs,
-        FLAGS.output_dir,
-        FLAGS.tag,
-        source,
-    )
+            report()  # After every run: a killed job leaves a current report.
+    report()
 
 
 if __name__ == "__main__":
